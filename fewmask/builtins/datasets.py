@@ -1,0 +1,51 @@
+"""The ``glyphs`` dataset: the built-in Omniglot-shaped set of rendered Unicode letters."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from fewmask.config import option
+from fewmask.errors import DatasetError
+from fewmask.interfaces import DatasetSource, FewShotDataset
+
+
+@attrs.frozen
+class GlyphsConfig:
+    """Options of ``glyphs``."""
+
+    path: str | None = option(
+        None, help="an .npz made by `python -m fewmask.data.glyphs_generate` (default: the shipped set)"
+    )
+    rotations: bool = option(
+        False, help="add 90/180/270-degree rotations of every class as new classes (x4, Omniglot-style)"
+    )
+
+
+class GlyphsSource(DatasetSource):
+    """Characters of ~30 writing systems, 20 jittered renderings each, 28x28, split by alphabet."""
+
+    def __init__(self, config: GlyphsConfig):
+        self.config = config
+
+    def load(self, split: str) -> FewShotDataset:
+        from fewmask.data.glyphs import load_glyph_split
+
+        if split not in self.splits:
+            raise DatasetError(f"glyphs: unknown split {split!r}; splits: {', '.join(self.splits)}")
+        try:
+            images, codepoints = load_glyph_split(split, self.config.path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"glyphs: cannot read {self.config.path or 'the shipped set'}: {exc}") from exc
+        images = torch.from_numpy(images)  # [classes, samples, 28, 28] uint8
+        names = [f"U+{int(c):04X}" for c in codepoints]
+        if self.config.rotations:
+            images = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
+            names = [f"{n}/rot{90 * k}" for k in range(4) for n in names]
+        classes, samples = images.shape[:2]
+        return FewShotDataset(
+            images=images.reshape(classes * samples, 1, *images.shape[2:]).contiguous(),
+            labels=torch.arange(classes).repeat_interleave(samples),
+            class_names=tuple(names),
+            name=f"glyphs/{split}",
+        )

@@ -1,0 +1,35 @@
+"""The ``maml`` objective: meta-learn the initial weights of every backbone parameter."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+
+from fewmask.interfaces import Backbone, Masker, MetaObjective
+from fewmask.outer import OuterConfig, build_outer_optimizer, scheduled_lr
+
+
+@attrs.frozen
+class MAMLConfig(OuterConfig):
+    """Options of ``maml``: AdamW 1e-3 at a constant rate, as in the paper's baselines."""
+
+
+class MAMLObjective(MetaObjective):
+    """MAML (Finn et al., 2017): the outer loop learns every backbone parameter's initial value.
+
+    First-order MAML is the same objective with ``inner.options.first_order: true``; ANIL and BOIL
+    differ only in the inner learning rates.
+    """
+
+    def __init__(self, config: MAMLConfig):
+        self.config = config
+
+    def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:
+        return dict(backbone.named_parameters())
+
+    def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return build_outer_optimizer(self.config, params)
+
+    def learning_rate(self, iteration: int, total_iterations: int) -> float:
+        return scheduled_lr(self.config, iteration, total_iterations)

@@ -1,0 +1,103 @@
+"""Loader for the built-in Omniglot-shaped glyph benchmark.
+
+The shipped file ``glyphs.npz`` (next to this module) holds rendered Unicode
+letters grouped by script ("alphabets"): ``images`` uint8 [C, 20, 28, 28],
+white ink on black. See ``docs/glyphs.md`` and
+:mod:`fewmask.data.glyphs_generate` for how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GLYPHS_PATH: Path = Path(__file__).resolve().parent / "glyphs.npz"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_KEYS = ("images", "class_alphabet", "class_codepoint", "alphabets", "alphabet_split", "metadata")
+
+
+def load_glyph_arrays(path: str | Path | None = None) -> dict[str, Any]:
+    """Return every array of the glyph ``.npz`` file as a dict.
+
+    ``metadata`` is parsed from its JSON string into a dict. Raises
+    ``FileNotFoundError`` if the file is missing and ``ValueError`` if it is
+    not a readable glyph set; both messages name the path.
+    """
+    p = Path(path) if path is not None else GLYPHS_PATH
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"glyph set not found at {p}; regenerate it with "
+            "`python -m fewmask.data.glyphs_generate --out PATH.npz`"
+        )
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            missing = [k for k in _KEYS if k not in npz.files]
+            if missing:
+                raise ValueError(f"missing keys {missing}")
+            out: dict[str, Any] = {k: npz[k] for k in npz.files}
+        out["metadata"] = json.loads(str(out["metadata"]))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise ValueError(f"corrupt or invalid glyph set at {p}: {exc}") from exc
+    return out
+
+
+def load_glyph_split(split: str, path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(images, codepoints)`` of the classes in one split.
+
+    ``images`` is uint8 [N, 20, 28, 28]; ``codepoints`` is int32 [N].
+    ``split`` is one of ``'train'``, ``'val'``, ``'test'`` (split by alphabet).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits are {', '.join(SPLITS)}")
+    arrays = load_glyph_arrays(path)
+    alphabet_split = np.asarray(arrays["alphabet_split"]).astype(str)
+    keep = alphabet_split[arrays["class_alphabet"].astype(np.int64)] == split
+    return arrays["images"][keep], arrays["class_codepoint"][keep]
+
+
+def nearest_neighbour_accuracy(
+    images_by_class: np.ndarray,
+    ways: int = 5,
+    shots: int = 1,
+    queries: int = 5,
+    episodes: int = 2000,
+    seed: int = 0,
+) -> float:
+    """Raw-pixel nearest-neighbour accuracy on random few-shot episodes.
+
+    ``images_by_class`` is [C, M, H, W] (any numeric dtype). Each episode draws
+    ``ways`` classes and, per class, ``shots`` supports and ``queries`` queries
+    (distinct samples). A query is labelled with the class of its most
+    cosine-similar support image (flattened pixels). Returns the mean accuracy.
+    """
+    x = np.asarray(images_by_class)
+    if x.ndim != 4:
+        raise ValueError(f"expected [classes, samples, H, W], got shape {x.shape}")
+    n_cls, n_smp = x.shape[:2]
+    if n_cls < ways or n_smp < shots + queries:
+        raise ValueError(
+            f"need >= {ways} classes and >= {shots + queries} samples, got {x.shape[:2]}"
+        )
+    flat = x.reshape(n_cls, n_smp, -1).astype(np.float32)
+    flat /= np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-8)
+    rng = np.random.default_rng(seed)
+    correct = 0
+    total = 0
+    chunk = 256
+    for start in range(0, episodes, chunk):
+        e = min(chunk, episodes - start)
+        cls = np.argsort(rng.random((e, n_cls)), axis=1)[:, :ways]  # [e, ways]
+        smp = np.argsort(rng.random((e, ways, n_smp)), axis=2)[:, :, : shots + queries]
+        feats = flat[cls[:, :, None], smp]  # [e, ways, shots+queries, D]
+        sup = feats[:, :, :shots].reshape(e, ways * shots, -1)
+        qry = feats[:, :, shots:].reshape(e, ways * queries, -1)
+        sims = np.einsum("eqd,esd->eqs", qry, sup)
+        pred = np.argmax(sims, axis=2) // shots
+        truth = np.repeat(np.arange(ways), queries)[None, :]
+        correct += int((pred == truth).sum())
+        total += pred.size
+    return correct / total

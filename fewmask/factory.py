@@ -1,0 +1,70 @@
+"""Build components and Trainers from names: the registry lookups behind configs and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewmask.config import (
+    ExperimentConfig,
+    ResolvedConfig,
+    apply_overrides,
+    converter,
+    load_config,
+    plain_config,
+    resolve_config,
+)
+from fewmask.plugins import default_registry
+from fewmask.registry import Registry
+from fewmask.trainer import Trainer
+
+
+def create(kind: str, name: str, options: Any = None, registry: Registry | None = None,
+           **kwargs: Any) -> Any:
+    """Build one registered component, e.g. ``create("masker", "metaticket", {"init_sparsity": 0.5})``."""
+    return (registry or default_registry()).create(kind, name, options, **kwargs)
+
+
+def resolve(
+    config: ResolvedConfig | ExperimentConfig | Mapping[str, Any] | str | Path,
+    overrides: Iterable[str] = (),
+    registry: Registry | None = None,
+) -> ResolvedConfig:
+    """Any form of config -> a validated :class:`ResolvedConfig` (every problem reported at once)."""
+    overrides = list(overrides)
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides, registry)
+    if isinstance(config, ResolvedConfig):
+        config = config.experiment
+    data = converter.unstructure(config) if isinstance(config, ExperimentConfig) else dict(config)
+    return resolve_config(apply_overrides(data, overrides) if overrides else data, registry)
+
+
+def build_trainer(
+    config: ResolvedConfig | ExperimentConfig | Mapping[str, Any] | str | Path,
+    overrides: Iterable[str] = (),
+    registry: Registry | None = None,
+) -> Trainer:
+    """Validate the whole config, then build the data, the five components and the Trainer."""
+    resolved = resolve(config, overrides, registry)
+    experiment, parts = resolved.experiment, resolved.components
+
+    def build(field: str, **kwargs: Any) -> Any:
+        info, options = parts[field]
+        return info.cls(options, **kwargs) if info.config_cls is not None else info.cls(**kwargs)
+
+    torch.manual_seed(experiment.seed)
+    source = build("dataset")
+    datasets = {split: source.load(split) for split in source.splits}
+    sampler = build("sampler")
+    backbone = build(
+        "backbone", input_shape=datasets["train"].image_shape, num_classes=sampler.ways
+    )
+    masker, inner, objective = build("masker"), build("inner"), build("objective")
+    return Trainer(
+        backbone, masker, inner, objective, sampler, datasets, experiment.train,
+        seed=experiment.seed, run_dir=experiment.run_dir, config=plain_config(resolved),
+    )

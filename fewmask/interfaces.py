@@ -1,0 +1,211 @@
+"""The five abstractions of fewmask (plus the dataset source that feeds them).
+
+A meta-learner is composed of:
+
+- :class:`Backbone`: the network; says which weights may be masked and splits body from head.
+- :class:`Masker`: turns meta-learned scores into binary masks over the maskable weights
+  (the ``dense`` masker is the identity, for MAML).
+- :class:`InnerOptimizer`: the differentiable support-set steps, with a per-parameter learning rate.
+- :class:`MetaObjective`: what the outer loop learns (initial weights for MAML, scores for
+  Meta-ticket) and with which optimizer and learning-rate schedule.
+- :class:`EpisodeSampler`: draws N-way K-shot Q-query episodes from a :class:`FewShotDataset`.
+
+Each component class is constructed from its config object (an attrs class registered with it):
+``cls(config)``; backbones also get ``input_shape`` and ``num_classes``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+"""Tensors of a backbone by parameter name, as ``torch.func.functional_call`` takes them."""
+
+
+class Episode(NamedTuple):
+    """One few-shot task: support and query images with labels ``0..ways-1``."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Episode:
+        """Move the images (and cast them to ``dtype``) and the labels to ``device``."""
+        return Episode(
+            self.support_x.to(device=device, dtype=dtype),
+            self.support_y.to(device),
+            self.query_x.to(device=device, dtype=dtype),
+            self.query_y.to(device),
+        )
+
+
+@attrs.frozen(eq=False)
+class FewShotDataset:
+    """Images of one split, held in memory, grouped by class.
+
+    Args:
+        images: uint8 tensor ``[N, C, H, W]``, sorted by class.
+        labels: int64 tensor ``[N]`` of class indices ``0..num_classes-1``, non-decreasing.
+        class_names: one name per class.
+        name: what the data is (used in messages).
+    """
+
+    images: Tensor
+    labels: Tensor
+    class_names: tuple[str, ...]
+    name: str = "dataset"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def class_counts(self) -> Tensor:
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+
+class Backbone(nn.Module, ABC):
+    """A classifier network split into a body (feature extractor) and a head.
+
+    Follows the subset of timm's model protocol that meta-learning needs. Subclasses are built as
+    ``cls(config, input_shape=(C, H, W), num_classes=N)``.
+    """
+
+    @abstractmethod
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Map images to features (the body)."""
+
+    @abstractmethod
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Map features to logits (the head)."""
+
+    @abstractmethod
+    def get_classifier(self) -> nn.Module:
+        """The head module; its parameters form the ``head`` group, all others the ``body``."""
+
+    @abstractmethod
+    def maskable_parameter_names(self) -> list[str]:
+        """Names of the weights a masker may prune (conv/linear weights; never norms or biases)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def parameter_groups(self) -> dict[str, str]:
+        """``{parameter name: "body" or "head"}`` for every parameter, in registration order."""
+        head = {id(p) for p in self.get_classifier().parameters()}
+        return {n: ("head" if id(p) in head else "body") for n, p in self.named_parameters()}
+
+
+class Masker(nn.Module, ABC):
+    """Turns (meta-learned) scores into binary masks over a backbone's maskable weights.
+
+    A masker holds its own state (scores, thresholds) as module parameters and buffers, so its
+    ``state_dict`` is what a checkpoint needs. The effective weight is ``mask * weight``.
+    """
+
+    @abstractmethod
+    def attach(self, backbone: Backbone) -> None:
+        """Create the masker's state for ``backbone`` (it may re-initialise the maskable weights)."""
+
+    @abstractmethod
+    def masks(self) -> Params:
+        """Current masks by parameter name, differentiable w.r.t. the scores; ``{}`` means dense."""
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        """Scores the outer loop may learn, by masked parameter name (none for a dense masker)."""
+        return {}
+
+    def on_outer_step(self, iteration: int, backbone: Backbone) -> None:
+        """Called once after every outer update (e.g. to re-randomise pruned weights)."""
+
+
+class InnerOptimizer(ABC):
+    """The differentiable support-set adaptation of one task.
+
+    Attributes ``steps`` (meta-training) and ``test_steps`` (validation and meta-test) give the
+    number of inner steps; ``first_order`` drops the second-order terms of the meta-gradient.
+    """
+
+    steps: int
+    test_steps: int
+    first_order: bool
+
+    @abstractmethod
+    def learning_rates(self, backbone: Backbone) -> dict[str, float]:
+        """Per-parameter inner learning rate (0 freezes a parameter in the inner loop)."""
+
+    @abstractmethod
+    def adapt(
+        self,
+        params: Params,
+        support_loss: Callable[[Params], Tensor],
+        learning_rates: Mapping[str, float],
+        steps: int,
+        create_graph: bool,
+    ) -> Params:
+        """Return the parameters after ``steps`` updates on ``support_loss``."""
+
+
+class MetaObjective(ABC):
+    """What the outer loop learns, and with which optimizer and learning-rate schedule."""
+
+    @abstractmethod
+    def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:
+        """The tensors the outer optimizer updates, by name."""
+
+    @abstractmethod
+    def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The outer optimizer over ``params``."""
+
+    @abstractmethod
+    def learning_rate(self, iteration: int, total_iterations: int) -> float:
+        """The outer learning rate to use at ``iteration`` (0-based), set before the update."""
+
+
+class EpisodeSampler(ABC):
+    """Draws N-way K-shot Q-query episodes; ``ways``, ``shots`` and ``queries`` are attributes."""
+
+    ways: int
+    shots: int
+    queries: int
+
+    @abstractmethod
+    def check(self, dataset: FewShotDataset) -> None:
+        """Raise :class:`fewmask.errors.DatasetError` if ``dataset`` cannot serve these episodes."""
+
+    @abstractmethod
+    def sample(self, dataset: FewShotDataset, generator: torch.Generator) -> Episode:
+        """One episode with float images in [0, 1], drawn with ``generator`` only."""
+
+
+class DatasetSource(ABC):
+    """Loads the splits of one dataset into memory."""
+
+    splits: tuple[str, ...] = ("train", "val", "test")
+
+    @abstractmethod
+    def load(self, split: str) -> FewShotDataset:
+        """The named split; an unknown split raises a ``DatasetError`` listing the valid ones."""
+
+
+COMPONENT_KINDS: dict[str, type] = {
+    "backbone": Backbone,
+    "masker": Masker,
+    "inner_optimizer": InnerOptimizer,
+    "objective": MetaObjective,
+    "sampler": EpisodeSampler,
+    "dataset": DatasetSource,
+}
+"""Every kind of component the registry holds, with the base class its entries must subclass."""
+

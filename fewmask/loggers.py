@@ -1,0 +1,59 @@
+"""Where training metrics go: TensorBoard event files, a JSON-lines file, or nowhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+class MetricLogger(Protocol):
+    def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullLogger:
+    """Discards everything."""
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunLogger:
+    """TensorBoard events plus ``metrics.jsonl`` in a run directory.
+
+    ``resume_step`` drops what an interrupted run logged after its last checkpoint, from both
+    (TensorBoard's ``purge_step``), so resumed curves have no duplicates.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        if resume_step is not None and self.jsonl.exists():
+            kept = [line for line in self.jsonl.read_text().splitlines()
+                    if line and json.loads(line)["step"] < resume_step]
+            self.jsonl.write_text("".join(line + "\n" for line in kept))
+        self._file = self.jsonl.open("a")
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+        self._file.write(json.dumps({"step": step, "tag": tag, "value": value}) + "\n")
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+
+    def close(self) -> None:
+        self.writer.close()
+        self._file.close()

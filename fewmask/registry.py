@@ -1,0 +1,175 @@
+"""The component registry: names -> (class, config class, provider), filled by plugins."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import attrs
+
+from fewmask.errors import DuplicateComponentError, UnknownComponentError
+from fewmask.interfaces import COMPONENT_KINDS
+
+
+@attrs.frozen
+class Provider:
+    """Who registered a component: the plugin's entry-point name, distribution and version."""
+
+    plugin: str
+    distribution: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.plugin} ({self.distribution} {self.version})"
+
+
+@attrs.frozen
+class PluginFailure:
+    """A plugin that failed to import or register, kept so later errors can mention it."""
+
+    plugin: str
+    distribution: str
+    version: str
+    error: str
+
+    def __str__(self) -> str:
+        return (
+            f"plugin '{self.plugin}' ({self.distribution} {self.version}) failed to load: "
+            f"{self.error}; disable it with FEWMASK_DISABLE_PLUGINS={self.plugin}"
+        )
+
+
+@attrs.frozen
+class ComponentInfo:
+    """One registered component."""
+
+    kind: str
+    name: str
+    cls: type
+    config_cls: type | None
+    description: str
+    provider: Provider
+
+
+def _check_component(kind: str, name: str, cls: Any, config: Any) -> None:
+    base = COMPONENT_KINDS[kind]
+    if not name or not isinstance(name, str) or name != name.strip():
+        raise ValueError(f"{kind} name must be a non-empty string without spaces, got {name!r}")
+    if not isinstance(cls, type):
+        hint = " (pass the class, not an instance: drop the '()')" if isinstance(cls, base) else ""
+        raise TypeError(f"{kind} '{name}' must be a class deriving from {base.__name__}{hint}")
+    if not issubclass(cls, base):
+        raise TypeError(
+            f"{kind} '{name}': {cls.__module__}.{cls.__qualname__} does not derive from "
+            f"fewmask.{base.__name__}"
+        )
+    if config is not None and not attrs.has(config):
+        raise TypeError(f"{kind} '{name}': config must be an attrs class, got {config!r}")
+
+
+class Registry:
+    """All registered components by kind and name. Built by :func:`fewmask.plugins.load_registry`."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, ComponentInfo]] = {k: {} for k in COMPONENT_KINDS}
+        self.failures: list[PluginFailure] = []
+
+    def add(
+        self,
+        kind: str,
+        name: str,
+        cls: type,
+        *,
+        provider: Provider,
+        config: type | None = None,
+        description: str = "",
+    ) -> ComponentInfo:
+        """Register ``cls`` under ``name``; a name already taken raises, naming both providers."""
+        if kind not in COMPONENT_KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(COMPONENT_KINDS)}")
+        _check_component(kind, name, cls, config)
+        if name in self._entries[kind]:
+            first = self._entries[kind][name].provider
+            raise DuplicateComponentError(
+                f"{kind} '{name}' is registered by both {first} and {provider}"
+            )
+        info = ComponentInfo(kind, name, cls, config, description, provider)
+        self._entries[kind][name] = info
+        return info
+
+    def scoped(self, provider: Provider) -> ScopedRegistry:
+        """A view whose ``add_*`` methods record ``provider``; plugins receive one of these."""
+        return ScopedRegistry(self, provider)
+
+    def get(self, kind: str, name: str) -> ComponentInfo:
+        """The component, or an :class:`UnknownComponentError` with suggestions."""
+        entries = self._entries[kind]
+        if name in entries:
+            return entries[name]
+        raise UnknownComponentError(self.unknown_message(kind, name))
+
+    def unknown_message(self, kind: str, name: str) -> str:
+        """Why ``name`` is not a known ``kind``: suggestion, available names, failed plugins."""
+        available = sorted(self._entries[kind])
+        msg = f"no {kind} named {name!r}."
+        close = difflib.get_close_matches(str(name), available, n=1)
+        if close:
+            msg += f" Did you mean {close[0]!r}?"
+        msg += f" Available: {', '.join(available) or '(none)'}."
+        for failure in self.failures:
+            msg += f" Note: {failure}."
+        return msg
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def list(self, kind: str | None = None) -> list[ComponentInfo]:
+        """Every component (of one kind, if given), sorted by kind then name."""
+        kinds = [kind] if kind else list(COMPONENT_KINDS)
+        return [self._entries[k][n] for k in kinds for n in sorted(self._entries[k])]
+
+    def create(self, kind: str, name: str, options: Any = None, **kwargs: Any) -> Any:
+        """Build a component from its name and an options dict or config object.
+
+        ``kwargs`` go to the constructor (e.g. ``input_shape`` and ``num_classes`` for backbones).
+        """
+        from fewmask.config import structure_options
+
+        info = self.get(kind, name)
+        config = options
+        if info.config_cls is not None and not isinstance(options, info.config_cls):
+            config = structure_options(info, options or {}, path=f"$.{kind}.options")
+        return info.cls(config, **kwargs) if info.config_cls is not None else info.cls(**kwargs)
+
+
+class ScopedRegistry:
+    """The object handed to ``fewmask_register``: ``add_<kind>(name, cls, config=, description=)``."""
+
+    def __init__(self, registry: Registry, provider: Provider):
+        self._registry = registry
+        self.provider = provider
+
+    def _add(self, kind: str, name: str, cls: type, config: type | None, description: str) -> None:
+        self._registry.add(
+            kind, name, cls, provider=self.provider, config=config, description=description
+        )
+
+    def add_backbone(self, name: str, cls: type, *, config=None, description: str = "") -> None:
+        self._add("backbone", name, cls, config, description)
+
+    def add_masker(self, name: str, cls: type, *, config=None, description: str = "") -> None:
+        self._add("masker", name, cls, config, description)
+
+    def add_inner_optimizer(
+        self, name: str, cls: type, *, config=None, description: str = ""
+    ) -> None:
+        self._add("inner_optimizer", name, cls, config, description)
+
+    def add_objective(self, name: str, cls: type, *, config=None, description: str = "") -> None:
+        self._add("objective", name, cls, config, description)
+
+    def add_sampler(self, name: str, cls: type, *, config=None, description: str = "") -> None:
+        self._add("sampler", name, cls, config, description)
+
+    def add_dataset(self, name: str, cls: type, *, config=None, description: str = "") -> None:
+        self._add("dataset", name, cls, config, description)

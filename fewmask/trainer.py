@@ -1,0 +1,248 @@
+"""The Trainer: meta-training, validation, meta-test and checkpoints, read top to bottom.
+
+Compose it from Python objects::
+
+    trainer = Trainer(backbone, masker, inner, objective, sampler, datasets, TrainConfig(...))
+    trainer.fit()
+
+or from a config with :func:`fewmask.factory.build_trainer`. The Trainer attaches the masker to
+the backbone, so pass a fresh (unattached) masker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewmask.checkpoint import load_checkpoint, save_checkpoint
+from fewmask.config import TrainConfig, converter
+from fewmask.engine import evaluate_episode, meta_gradient
+from fewmask.errors import ConfigError, NonFiniteError
+from fewmask.interfaces import (
+    Backbone,
+    EpisodeSampler,
+    FewShotDataset,
+    InnerOptimizer,
+    Masker,
+    MetaObjective,
+)
+from fewmask.loggers import MetricLogger, NullLogger, RunLogger
+from fewmask.metrics import Accuracy, mask_sparsity
+from fewmask.progress import Progress
+
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+
+
+class Trainer:
+    """Meta-trains ``objective``'s meta-parameters over episodes of ``datasets["train"]``."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        masker: Masker,
+        inner: InnerOptimizer,
+        objective: MetaObjective,
+        sampler: EpisodeSampler,
+        datasets: Mapping[str, FewShotDataset],
+        train: TrainConfig | None = None,
+        *,
+        seed: int = 1,
+        run_dir: str | Path | None = None,
+        config: Any = None,
+    ):
+        self.train_config = train = train or TrainConfig()
+        self.device = torch.device(train.device)
+        self.dtype = getattr(torch, train.dtype)
+        self.backbone, self.masker, self.inner = backbone, masker, inner
+        self.objective, self.sampler, self.datasets = objective, sampler, dict(datasets)
+        self.seed = seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.config = config  # plain data of the experiment config, stored in checkpoints
+
+        if "train" not in self.datasets:
+            raise ConfigError(["$.dataset: the datasets need a 'train' split"])
+        for dataset in self.datasets.values():
+            sampler.check(dataset)
+        masker.attach(backbone)
+        backbone.to(self.device, self.dtype)
+        masker.to(self.device, self.dtype)
+        self.meta_params = objective.meta_parameters(backbone, masker)
+        if not self.meta_params:
+            raise ConfigError(["$.objective: it selected no meta-parameters to learn"])
+        self.optimizer = objective.build_optimizer(list(self.meta_params.values()))
+        self.learning_rates = inner.learning_rates(backbone)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.iteration = 0
+        self.logger: MetricLogger = NullLogger()
+
+    # ---------------------------------------------------------------- meta-training
+    def fit(self) -> dict[str, Any]:
+        """Meta-train to ``train.iterations``, then meta-test; returns the results dict."""
+        cfg = self.train_config
+        self._open_logger()
+        try:
+            with Progress(cfg.iterations, "meta-train", self.iteration, cfg.progress) as bar:
+                while self.iteration < cfg.iterations:
+                    loss, accuracy = self.train_step()
+                    it = self.iteration  # iterations done
+                    if it % cfg.log_every == 0 or it == cfg.iterations:
+                        self._log_train(it, loss, accuracy)
+                    if it % cfg.histogram_every == 0:
+                        for name, score in self.masker.meta_parameters().items():
+                            self.logger.histogram(f"scores/{name}", score, it)
+                    if cfg.val_episodes and it % cfg.val_every == 0 and "val" in self.datasets:
+                        val = self.evaluate("val", cfg.val_episodes, seed=self._val_seed(it))
+                        self.logger.scalar("val/accuracy", val.mean, it)
+                        self.logger.scalar("val/loss", val.loss, it)
+                    due = it % cfg.checkpoint_every == 0 or it == cfg.iterations
+                    if due and self.run_dir is not None:
+                        self.save()
+                    bar.update(it, f"loss {loss:.3f} acc {accuracy:.3f}")
+            results = self.test()
+        finally:
+            self.logger.close()
+            self.logger = NullLogger()
+        return results
+
+    def train_step(self) -> tuple[float, float]:
+        """One outer iteration: lr for this iteration, B tasks, meta-gradient, update."""
+        it, cfg = self.iteration, self.train_config
+        lr = self.objective.learning_rate(it, cfg.iterations)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        episodes = [
+            self.sampler.sample(self.datasets["train"], self.generator).to(self.device, self.dtype)
+            for _ in range(cfg.meta_batch_size)
+        ]
+        stats = meta_gradient(
+            self.backbone, self.masker, self.inner, self.meta_params, episodes, self.learning_rates
+        )
+        self._check_finite(it, stats.loss)
+        self.optimizer.step()
+        self.masker.on_outer_step(it, self.backbone)
+        self.iteration = it + 1
+        self._last_lr = lr
+        return stats.loss, stats.accuracy
+
+    def _check_finite(self, it: int, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteError(
+                f"meta-training loss is {loss} at iteration {it}; the last good checkpoint "
+                f"is kept{f' in {self.run_dir}' if self.run_dir else ''}"
+            )
+        for name, param in self.meta_params.items():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                raise NonFiniteError(
+                    f"meta-gradient of {name!r} is not finite at iteration {it}; the last good "
+                    f"checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}"
+                )
+
+    def _log_train(self, it: int, loss: float, accuracy: float) -> None:
+        self.logger.scalar("train/loss", loss, it)
+        self.logger.scalar("train/accuracy", accuracy, it)
+        self.logger.scalar("train/lr", self._last_lr, it)
+        per_layer, overall = mask_sparsity(self.masker)
+        if per_layer:
+            self.logger.scalar("sparsity/overall", overall, it)
+            for name, value in per_layer.items():
+                self.logger.scalar(f"sparsity/{name}", value, it)
+
+    def _val_seed(self, iteration: int) -> int:
+        return self.seed * 1_000_003 + iteration
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, split: str, episodes: int, seed: int | None = None,
+                 dataset: FewShotDataset | None = None, progress: bool = False) -> Accuracy:
+        """Mean query accuracy after ``inner.test_steps`` on ``episodes`` seeded episodes."""
+        dataset = dataset or self.datasets[split]
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        losses, accuracies = [], []
+        with Progress(episodes, f"meta-test {split}", enabled=progress) as bar:
+            for i in range(episodes):
+                episode = self.sampler.sample(dataset, generator).to(self.device, self.dtype)
+                loss, accuracy = evaluate_episode(
+                    self.backbone, self.masker, self.inner, episode, self.learning_rates
+                )
+                losses.append(loss)
+                accuracies.append(accuracy)
+                bar.update(i + 1)
+        return Accuracy.from_episodes(accuracies, losses)
+
+    def test(self, episodes: int | None = None) -> dict[str, Any]:
+        """Meta-test on the fixed, seeded test episodes; writes ``results.json`` in the run dir."""
+        episodes = episodes or self.train_config.test_episodes
+        split = "test" if "test" in self.datasets else "train"
+        result = self.evaluate(split, episodes, progress=self.train_config.progress)
+        _, sparsity = mask_sparsity(self.masker)
+        results = {
+            "split": split,
+            "iteration": self.iteration,
+            "accuracy": result.mean,
+            "ci95": result.ci95,
+            "loss": result.loss,
+            "episodes": result.episodes,
+            "sparsity": sparsity,
+            "ways": self.sampler.ways,
+            "shots": self.sampler.shots,
+            "queries": self.sampler.queries,
+            "seed": self.seed,
+        }
+        if self.run_dir is not None:
+            (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "seed": self.seed,
+            "config": self.config,
+            "train": converter.unstructure(self.train_config),
+            "backbone": self.backbone.state_dict(),
+            "masker": self.masker.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.backbone.load_state_dict(state["backbone"])
+        self.masker.load_state_dict(state["masker"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the checkpoint atomically (default: ``RUN_DIR/checkpoint.pt``)."""
+        target = Path(path) if path else self._require_run_dir() / CHECKPOINT
+        save_checkpoint(self.state_dict(), target)
+        return target
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Load a checkpoint (default: ``RUN_DIR/checkpoint.pt``) and continue from it."""
+        source = Path(path) if path else self._require_run_dir() / CHECKPOINT
+        self.load_state_dict(load_checkpoint(source, map_location=self.device))
+        self._resumed = True
+
+    def _require_run_dir(self) -> Path:
+        if self.run_dir is None:
+            raise ConfigError(["$.run_dir: this Trainer has no run directory"])
+        return self.run_dir
+
+    def _open_logger(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_step = self.iteration + 1 if getattr(self, "_resumed", False) else None
+        self.logger = RunLogger(self.run_dir, resume_step=resume_step)

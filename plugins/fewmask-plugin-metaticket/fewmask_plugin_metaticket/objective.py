@@ -1,0 +1,43 @@
+"""The Meta-ticket objective: meta-learn the masker's scores, never the weights."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+
+from fewmask import Backbone, ConfigError, Masker, MetaObjective, option
+from fewmask.outer import OuterConfig, build_outer_optimizer, scheduled_lr
+
+
+@attrs.frozen
+class MetaTicketObjectiveConfig(OuterConfig):
+    """Outer loop of Meta-ticket: SGD lr 10, momentum 0.9, per-iteration warmup then cosine."""
+
+    optimizer: str = option("sgd", choices=("adamw", "adam", "sgd"), help="outer optimizer")
+    lr: float = option(10.0, gt=0, help="outer learning rate of the scores")
+    schedule: str = option("cosine", choices=("constant", "cosine"), help="lr schedule")
+    warmup: int = option(1000, ge=0, help="linear warmup iterations (100 for CIFAR-FS/VGG-Flower)")
+
+
+class MetaTicketObjective(MetaObjective):
+    """Only the scores are meta-learned: BatchNorm, biases and the head stay at their initial
+    values in the outer loop (they are still adapted per task in the inner loop)."""
+
+    def __init__(self, config: MetaTicketObjectiveConfig | None = None):
+        self.config = config or MetaTicketObjectiveConfig()
+
+    def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:
+        scores = masker.meta_parameters()
+        if not scores:
+            raise ConfigError([
+                "$.objective.name: objective 'metaticket' meta-learns mask scores, but the masker "
+                f"({type(masker).__name__}) has none; set masker.name: metaticket"
+            ])
+        return scores
+
+    def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return build_outer_optimizer(self.config, params)
+
+    def learning_rate(self, iteration: int, total_iterations: int) -> float:
+        return scheduled_lr(self.config, iteration, total_iterations)

@@ -1,0 +1,165 @@
+"""Statistics of the shipped glyph benchmark, plus a generator smoke test."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewmask.data.glyphs import (
+    GLYPHS_PATH,
+    load_glyph_arrays,
+    load_glyph_split,
+    nearest_neighbour_accuracy,
+)
+
+
+@pytest.fixture(scope="module")
+def glyphs() -> dict:
+    return load_glyph_arrays()
+
+
+def test_shapes_and_dtypes(glyphs: dict) -> None:
+    images = glyphs["images"]
+    assert images.dtype == np.uint8
+    assert images.ndim == 4 and images.shape[1:] == (20, 28, 28)
+    n = images.shape[0]
+    assert n >= 1600
+    assert glyphs["class_alphabet"].shape == (n,)
+    assert glyphs["class_codepoint"].shape == (n,)
+    assert glyphs["class_codepoint"].dtype == np.int32
+    assert len(np.unique(glyphs["class_codepoint"])) == n
+    assert len(glyphs["alphabets"]) == len(glyphs["alphabet_split"]) >= 30
+
+
+def test_alphabet_sizes(glyphs: dict) -> None:
+    counts = np.bincount(glyphs["class_alphabet"], minlength=len(glyphs["alphabets"]))
+    assert counts.min() >= 14 and counts.max() <= 55
+    assert len(set(glyphs["alphabets"].tolist())) == len(glyphs["alphabets"])
+
+
+def test_images_have_ink_and_vary(glyphs: dict) -> None:
+    images = glyphs["images"]
+    assert (images.reshape(*images.shape[:2], -1).max(axis=2) > 128).all(), "blank image"
+    ink = (images > 64).mean(axis=(2, 3))
+    assert ink.min() > 0.01
+    flat = images.reshape(images.shape[0], images.shape[1], -1)
+    # samples of one class differ (fonts + jitter): no class made of copies
+    diff = np.abs(flat[:, 1:].astype(np.int16) - flat[:, :1]).max(axis=2)
+    assert (diff.max(axis=1) > 0).all()
+    assert (diff > 0).mean() > 0.99
+
+
+def test_splits_disjoint_by_alphabet(glyphs: dict) -> None:
+    splits = np.asarray(glyphs["alphabet_split"]).astype(str)
+    assert set(splits.tolist()) == {"train", "val", "test"}
+    ca = glyphs["class_alphabet"]
+    sizes = {s: int((splits[ca] == s).sum()) for s in ("train", "val", "test")}
+    assert 850 <= sizes["train"] <= 1150
+    assert 130 <= sizes["val"] <= 300
+    assert 300 <= sizes["test"] <= 500
+    # classes are ordered by split then alphabet
+    order = {"train": 0, "val": 1, "test": 2}
+    ranks = np.array([order[s] for s in splits[ca]])
+    assert (np.diff(ranks) >= 0).all()
+    parts = [load_glyph_split(s) for s in ("train", "val", "test")]
+    assert sum(len(p[0]) for p in parts) == len(ca)
+    cps = [set(p[1].tolist()) for p in parts]
+    assert not (cps[0] & cps[1] or cps[0] & cps[2] or cps[1] & cps[2])
+
+
+def test_nn_accuracy_band(glyphs: dict) -> None:
+    test_images, _ = load_glyph_split("test")
+    acc = nearest_neighbour_accuracy(test_images, episodes=300, seed=1)
+    assert 0.35 <= acc <= 0.50, acc
+    recorded = glyphs["metadata"]["nn_5way_1shot"]["test"]
+    assert 0.38 <= recorded <= 0.47
+    assert abs(acc - recorded) < 0.06
+
+
+def test_metadata(glyphs: dict) -> None:
+    meta = glyphs["metadata"]
+    assert meta["counts"]["classes"] == glyphs["images"].shape[0]
+    assert meta["settings"]["samples"] == 20
+    assert "shift_px" in meta["settings"]
+    assert meta["fonts"] and all(isinstance(v, str) for v in meta["fonts"].values())
+    assert "pillow" in meta["versions"]
+
+
+def test_loader_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train, val, test"):
+        load_glyph_split("bogus")
+    missing = tmp_path / "nope.npz"
+    with pytest.raises(FileNotFoundError, match=r"nope\.npz"):
+        load_glyph_arrays(missing)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match=r"bad\.npz"):
+        load_glyph_arrays(bad)
+    assert GLYPHS_PATH.is_file()
+
+
+def test_nn_accuracy_sanity() -> None:
+    rng = np.random.default_rng(0)
+    protos = rng.integers(0, 256, size=(8, 1, 28, 28))
+    noisy = np.clip(protos + rng.normal(0, 5, size=(8, 10, 28, 28)), 0, 255).astype(np.uint8)
+    assert nearest_neighbour_accuracy(noisy, episodes=50) == 1.0
+    with pytest.raises(ValueError):
+        nearest_neighbour_accuracy(noisy[:3], episodes=5)
+
+
+def _smoke_fonts() -> list[Path]:
+    if importlib.util.find_spec("fontTools") is None:
+        pytest.skip("fontTools not installed (optional extra needed to generate glyphs)")
+    from fewmask.data.glyphs_generate import discover_fonts
+
+    fonts = discover_fonts()
+    preferred = [
+        f
+        for f in fonts
+        if f.name in ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "NotoSansArmenian-Regular.ttf")
+    ]
+    chosen = preferred or fonts[:3]
+    if not chosen:
+        pytest.skip(
+            "no font files installed (e.g. apt-get install fonts-noto-core fonts-noto-extra)"
+        )
+    return chosen
+
+
+def test_generator_smoke(tmp_path: Path) -> None:
+    fonts = _smoke_fonts()
+    from fewmask.data.glyphs_generate import generate, save, write_sample_png
+
+    arrays = generate(
+        font_paths=fonts,
+        samples=4,
+        shift=1.0,
+        min_classes=0,
+        min_alphabets=1,
+        min_per_alphabet=3,
+        max_per_alphabet=6,
+        processes=1,
+    )
+    images = arrays["images"]
+    assert images.dtype == np.uint8 and images.shape[1:] == (4, 28, 28)
+    assert 3 <= images.shape[0] <= 6
+    assert (images.reshape(len(images), 4, -1).max(axis=2) > 128).all()
+    out = tmp_path / "tiny.npz"
+    save(arrays, out)
+    loaded = load_glyph_arrays(out)
+    assert loaded["metadata"]["settings"]["shift_px"] == 1.0
+    png = tmp_path / "tiny.png"
+    write_sample_png(arrays, png)
+    assert png.stat().st_size > 0
+
+
+def test_generator_no_fonts(tmp_path: Path) -> None:
+    if importlib.util.find_spec("fontTools") is None:
+        pytest.skip("fontTools not installed")
+    from fewmask.data.glyphs_generate import generate
+
+    with pytest.raises(SystemExit, match="fonts-noto-core fonts-noto-extra"):
+        generate(font_dirs=[tmp_path])
