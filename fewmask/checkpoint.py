@@ -43,10 +43,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+    except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fewmask checkpoint")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, expected {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {state.get('version')}, expected {VERSION}"
+        )
     return state

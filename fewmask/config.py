@@ -102,9 +102,13 @@ class TrainConfig:
     val_every: int = option(1000, ge=1, help="validate every this many iterations")
     val_episodes: int = option(200, ge=0, help="validation tasks (fresh each time); 0 disables")
     test_episodes: int = option(1000, ge=1, help="meta-test tasks, fixed by the seed")
-    checkpoint_every: int = option(1000, ge=1, help="write the checkpoint every this many iterations")
+    checkpoint_every: int = option(
+        1000, ge=1, help="write the checkpoint every this many iterations"
+    )
     log_every: int = option(10, ge=1, help="write training scalars every this many iterations")
-    histogram_every: int = option(1000, ge=1, help="write score histograms every this many iterations")
+    histogram_every: int = option(
+        1000, ge=1, help="write score histograms every this many iterations"
+    )
     device: str = option("cpu", help="torch device: cpu, cuda, cuda:1, ...")
     dtype: str = option("float32", choices=("float32", "float64"), help="floating-point precision")
     progress: bool = option(True, help="show a progress bar on stderr")
@@ -121,8 +125,9 @@ class ExperimentConfig:
     sampler: ComponentRef = option(
         factory=lambda: ComponentRef("episodic"), help="episode sampler (ways, shots, queries)"
     )
-    masker: ComponentRef = option(
-        factory=lambda: ComponentRef("dense"), help="dense (MAML family) or metaticket"
+    masker: ComponentRef | None = option(
+        None,
+        help="dense or metaticket (default: the objective's own, e.g. metaticket -> metaticket)",
     )
     inner: ComponentRef = option(
         factory=lambda: ComponentRef("sgd"), help="inner-loop optimizer (lr, steps, first_order)"
@@ -180,13 +185,17 @@ def check_values(obj: Any, path: str = "$") -> list[str]:
         if value is None or isinstance(value, bool):
             continue
         if "choices" in meta and value not in meta["choices"]:
-            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}")
+            problems.append(
+                f"{where}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}"
+            )
         if isinstance(value, (int, float)):
             if isinstance(value, float) and not math.isfinite(value):
                 problems.append(f"{where}: must be finite, got {value}")
             for key, test, word in (
-                ("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-                ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"),
+                ("ge", lambda v, b: v >= b, ">="),
+                ("gt", lambda v, b: v > b, ">"),
+                ("le", lambda v, b: v <= b, "<="),
+                ("lt", lambda v, b: v < b, "<"),
             ):
                 if key in meta and not test(value, meta[key]):
                     problems.append(f"{where}: must be {word} {meta[key]}, got {value}")
@@ -199,7 +208,7 @@ def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
     config = None
     if info.config_cls is None:
         if options:
-            problems.append(f"{path}: {info.kind} '{info.name}' takes no options")
+            raise ConfigError([f"{path}: {info.kind} '{info.name}' takes no options"])
         return None
     try:
         config = converter.structure(_require_mapping(options), info.config_cls)
@@ -220,12 +229,25 @@ class ResolvedConfig:
     components: dict[str, tuple[ComponentInfo, Any]]
 
 
+def _with_default_names(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill the default ``name`` of a component given only ``options`` (e.g. by an override)."""
+    data = dict(data)
+    for field in attrs.fields(ExperimentConfig):
+        ref = data.get(field.name)
+        if field.name in COMPONENT_FIELDS and isinstance(ref, Mapping) and "name" not in ref:
+            if isinstance(field.default, attrs.Factory):
+                data[field.name] = {"name": field.default.factory().name, **ref}
+    return data
+
+
 def parse_experiment(data: Any, source: str | None = None) -> ExperimentConfig:
     """Phase 1: plain data -> :class:`ExperimentConfig` (options stay dicts)."""
     if not isinstance(data, Mapping):
-        raise ConfigError([f"$: expected a mapping at the top level, got {type(data).__name__}"], source)
+        raise ConfigError(
+            [f"$: expected a mapping at the top level, got {type(data).__name__}"], source
+        )
     try:
-        experiment = converter.structure(dict(data), ExperimentConfig)
+        experiment = converter.structure(_with_default_names(data), ExperimentConfig)
     except (ClassValidationError, IterableValidationError, TypeError) as exc:
         raise ConfigError(_render(exc, "$"), source) from None
     problems = check_values(experiment)
@@ -241,22 +263,61 @@ def resolve_config(
     from fewmask.plugins import default_registry
 
     registry = registry or default_registry()
-    experiment = data if isinstance(data, ExperimentConfig) else parse_experiment(data, source)
     problems: list[str] = []
-    components: dict[str, tuple[ComponentInfo, Any]] = {}
-    for field, kind in COMPONENT_FIELDS.items():
-        ref: ComponentRef = getattr(experiment, field)
-        if ref.name not in registry.names(kind):
-            problems.append(f"$.{field}.name: {registry.unknown_message(kind, ref.name)}")
-            continue
-        info = registry.get(kind, ref.name)
+    experiment: ExperimentConfig | None = None
+    if isinstance(data, ExperimentConfig):
+        experiment = data
+    else:
         try:
-            components[field] = (info, structure_options(info, ref.options, f"$.{field}.options"))
+            experiment = parse_experiment(data, source)
         except ConfigError as exc:
             problems += exc.problems
+    if experiment is not None:
+        raw = unstructure(experiment)
+    else:
+        raw = _with_default_names(data) if isinstance(data, Mapping) else {}
+    components = _resolve_components(raw, registry, problems)
     if problems:
         raise ConfigError(problems, source)
+    assert experiment is not None
+    if experiment.masker is None:
+        experiment = attrs.evolve(experiment, masker=ComponentRef(components["masker"][0].name))
     return ResolvedConfig(experiment, components)
+
+
+def _resolve_components(
+    raw: Mapping[str, Any], registry: Registry, problems: list[str]
+) -> dict[str, tuple[ComponentInfo, Any]]:
+    """Look up every component reference of plain config data and structure its options.
+
+    Runs even when phase 1 failed, so a typo in a name and one in ``train`` are reported together.
+    """
+    refs = {field: raw.get(field) for field in COMPONENT_FIELDS}
+    defaults = {f.name: f.default for f in attrs.fields(ExperimentConfig)}
+    for field, ref in refs.items():
+        if ref is None and isinstance(defaults[field], attrs.Factory):
+            refs[field] = {"name": defaults[field].factory().name}
+    objective = refs["objective"]
+    if refs["masker"] is None and isinstance(objective, Mapping):
+        name = objective.get("name")
+        if isinstance(name, str) and name in registry.names("objective"):
+            refs["masker"] = {"name": registry.get("objective", name).cls.default_masker}
+    components: dict[str, tuple[ComponentInfo, Any]] = {}
+    for field, kind in COMPONENT_FIELDS.items():
+        ref = refs[field]
+        if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
+            continue  # phase 1 already reported the shape of this reference
+        name = ref["name"]
+        if name not in registry.names(kind):
+            problems.append(f"$.{field}.name: {registry.unknown_message(kind, name)}")
+            continue
+        info = registry.get(kind, name)
+        try:
+            options = structure_options(info, ref.get("options"), f"$.{field}.options")
+            components[field] = (info, options)
+        except ConfigError as exc:
+            problems += exc.problems
+    return components
 
 
 class _Loader(yaml.SafeLoader):
@@ -276,7 +337,7 @@ _Loader.add_implicit_resolver(
 
 
 def parse_value(text: str) -> Any:
-    """A ``-o key=value`` value: YAML scalar/list/mapping syntax (``3``, ``1e-3``, ``[1, 2]``, ``x``)."""
+    """A ``-o key=value`` value in YAML syntax: ``3``, ``1e-3``, ``[1, 2]``, ``x``."""
     return yaml.load(text, Loader=_Loader)
 
 
@@ -298,7 +359,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"$: expected a mapping at the top level, got {type(data).__name__}"], str(path))
+        raise ConfigError(
+            [f"$: expected a mapping at the top level, got {type(data).__name__}"], str(path)
+        )
     return data
 
 
@@ -318,7 +381,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                problems.append(f"-o {item!r}: $.{'.'.join(parts[:depth + 1])} is not a mapping")
+                problems.append(f"-o {item!r}: $.{'.'.join(parts[: depth + 1])} is not a mapping")
                 break
             node = child
         else:
@@ -342,7 +405,7 @@ def unstructure(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def plain_config(config: ExperimentConfig | ResolvedConfig) -> dict[str, Any]:
-    """JSON-compatible data of a config; a resolved one has every component's options spelled out."""
+    """JSON-compatible data of a config (a resolved one with all component options spelled out)."""
     data = unstructure(config.experiment if isinstance(config, ResolvedConfig) else config)
     if isinstance(config, ResolvedConfig):
         for field, (_, options) in config.components.items():
@@ -350,10 +413,52 @@ def plain_config(config: ExperimentConfig | ResolvedConfig) -> dict[str, Any]:
     return json.loads(json.dumps(data))  # tuples -> lists
 
 
-def dump_config(config: ExperimentConfig | ResolvedConfig | dict[str, Any], path: str | Path) -> None:
+def dump_config(
+    config: ExperimentConfig | ResolvedConfig | dict[str, Any], path: str | Path
+) -> None:
     """Write a config (or its plain data) as YAML."""
     data = config if isinstance(config, dict) else plain_config(config)
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def fields_markdown(cls: type) -> str:
+    """A markdown table of an attrs config class: field, type, default, help."""
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for field in attrs.fields(attrs.resolve_types(cls)):
+        default = field.default
+        if isinstance(default, attrs.Factory):
+            default = default.factory()
+            default = default.name if isinstance(default, ComponentRef) else "(see below)"
+        kind = field.type.__name__ if isinstance(field.type, type) else str(field.type)
+        kind = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", kind).replace("|", "\\|")
+        bounds = ", ".join(
+            f"{k} {field.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in field.metadata
+        )
+        if "choices" in field.metadata:
+            bounds = "one of " + ", ".join(field.metadata["choices"])
+        meaning = field.metadata.get("help", "") + (f" ({bounds})" if bounds else "")
+        shown = "(required)" if default is attrs.NOTHING else f"`{default!r}`"
+        rows.append(f"| `{field.name}` | `{kind}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def options_markdown(registry: Registry | None = None) -> str:
+    """Every config field: the experiment, training, and each registered component's options."""
+    from fewmask.plugins import default_registry
+
+    registry = registry or default_registry()
+    parts = [
+        "## Experiment (top level)\n",
+        fields_markdown(ExperimentConfig),
+        "\n## `train`\n",
+        fields_markdown(TrainConfig),
+    ]
+    for info in registry.list():
+        field = next(f for f, k in COMPONENT_FIELDS.items() if k == info.kind)
+        parts.append(f"\n## `{field}: {{name: {info.name}}}` ({info.provider.distribution})\n\n")
+        parts.append(f"{info.description}\n\n")
+        parts.append(fields_markdown(info.config_cls) if info.config_cls else "No options.\n")
+    return "".join(parts)
 
 
 __all__ = [

@@ -78,7 +78,13 @@ def meta_gradient(
         masks = masker.masks()
         params = dict(backbone.named_parameters())
         fast = adapt(
-            backbone, inner, params, masks, episode, learning_rates, inner.steps,
+            backbone,
+            inner,
+            params,
+            masks,
+            episode,
+            learning_rates,
+            inner.steps,
             create_graph=not inner.first_order,
         )
         logits = masked_forward(backbone, fast, masks, episode.query_x)
@@ -108,7 +114,13 @@ def evaluate_episode(
         masks = {n: m.detach() for n, m in masker.masks().items()}
     params = {n: p.detach().requires_grad_() for n, p in backbone.named_parameters()}
     fast = adapt(
-        backbone, inner, params, masks, episode, learning_rates, inner.test_steps,
+        backbone,
+        inner,
+        params,
+        masks,
+        episode,
+        learning_rates,
+        inner.test_steps,
         create_graph=False,
     )
     with torch.no_grad():

@@ -22,9 +22,10 @@ from fewmask.registry import Registry
 from fewmask.trainer import Trainer
 
 
-def create(kind: str, name: str, options: Any = None, registry: Registry | None = None,
-           **kwargs: Any) -> Any:
-    """Build one registered component, e.g. ``create("masker", "metaticket", {"init_sparsity": 0.5})``."""
+def create(
+    kind: str, name: str, options: Any = None, registry: Registry | None = None, **kwargs: Any
+) -> Any:
+    """Build a registered component: ``create("masker", "metaticket", {"init_sparsity": 0.5})``."""
     return (registry or default_registry()).create(kind, name, options, **kwargs)
 
 
@@ -33,7 +34,7 @@ def resolve(
     overrides: Iterable[str] = (),
     registry: Registry | None = None,
 ) -> ResolvedConfig:
-    """Any form of config -> a validated :class:`ResolvedConfig` (every problem reported at once)."""
+    """Any form of config -> a validated :class:`ResolvedConfig` (all problems at once)."""
     overrides = list(overrides)
     if isinstance(config, (str, Path)):
         return load_config(config, overrides, registry)
@@ -65,6 +66,14 @@ def build_trainer(
     )
     masker, inner, objective = build("masker"), build("inner"), build("objective")
     return Trainer(
-        backbone, masker, inner, objective, sampler, datasets, experiment.train,
-        seed=experiment.seed, run_dir=experiment.run_dir, config=plain_config(resolved),
+        backbone,
+        masker,
+        inner,
+        objective,
+        sampler,
+        datasets,
+        experiment.train,
+        seed=experiment.seed,
+        run_dir=experiment.run_dir,
+        config=plain_config(resolved),
     )

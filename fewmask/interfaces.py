@@ -116,7 +116,7 @@ class Masker(nn.Module, ABC):
 
     @abstractmethod
     def attach(self, backbone: Backbone) -> None:
-        """Create the masker's state for ``backbone`` (it may re-initialise the maskable weights)."""
+        """Create state for ``backbone`` (it may re-initialise the maskable weights)."""
 
     @abstractmethod
     def masks(self) -> Params:
@@ -158,7 +158,12 @@ class InnerOptimizer(ABC):
 
 
 class MetaObjective(ABC):
-    """What the outer loop learns, and with which optimizer and learning-rate schedule."""
+    """What the outer loop learns, and with which optimizer and learning-rate schedule.
+
+    ``default_masker`` names the masker a config gets when it does not choose one.
+    """
+
+    default_masker: str = "dense"
 
     @abstractmethod
     def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:
@@ -208,4 +213,3 @@ COMPONENT_KINDS: dict[str, type] = {
     "dataset": DatasetSource,
 }
 """Every kind of component the registry holds, with the base class its entries must subclass."""
-

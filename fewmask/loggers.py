@@ -42,8 +42,11 @@ class RunLogger:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
         self.jsonl = self.run_dir / "metrics.jsonl"
         if resume_step is not None and self.jsonl.exists():
-            kept = [line for line in self.jsonl.read_text().splitlines()
-                    if line and json.loads(line)["step"] < resume_step]
+            kept = [
+                line
+                for line in self.jsonl.read_text().splitlines()
+                if line and json.loads(line)["step"] < resume_step
+            ]
             self.jsonl.write_text("".join(line + "\n" for line in kept))
         self._file = self.jsonl.open("a")
 

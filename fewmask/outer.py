@@ -1,7 +1,8 @@
 """Outer-loop optimizers and the per-iteration learning-rate schedule shared by objectives.
 
 The schedule follows the Meta-ticket code: per *iteration*, set before the update; linear warmup
-``lr * (it + 1) / (W + 1)`` for ``it < W``, then cosine ``lr * (1 + cos(pi (it - W) / (T - W))) / 2``.
+``lr * (it + 1) / (W + 1)`` for ``it < W``, then cosine
+``lr * (1 + cos(pi (it - W) / (T - W))) / 2``.
 It is a pure function of the iteration, so a resumed run needs no scheduler state.
 """
 

@@ -56,7 +56,10 @@ def _distribution_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
 
 
 def _record_failure(
-    failures: list[PluginFailure], ep_name: str, dist: tuple[str, str], exc: BaseException,
+    failures: list[PluginFailure],
+    ep_name: str,
+    dist: tuple[str, str],
+    exc: BaseException,
     strict: bool,
 ) -> None:
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -98,7 +101,7 @@ def get_plugin_manager(
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - any import error must be reported, not raised
+        except Exception as exc:
             _record_failure(failures, ep.name, dist, exc, strict)
             continue
         providers[ep.name] = Provider(ep.name, *dist)
@@ -116,15 +119,18 @@ def load_registry(
     pm, providers, failures = get_plugin_manager(autoload, only, blocked, strict)
     registry = Registry()
     registry.failures.extend(failures)
-    for impl in reversed(pm.hook.fewmask_register.get_hookimpls()):  # registration order
+    for impl in pm.hook.fewmask_register.get_hookimpls():  # registration order
         provider = providers[impl.plugin_name]
         try:
             impl.function(registry=registry.scoped(provider))
         except (TypeError, ValueError, ImportError, AttributeError) as exc:
             strict_mode = _env_flag("FEWMASK_STRICT_PLUGINS") if strict is None else strict
             _record_failure(
-                registry.failures, provider.plugin, (provider.distribution, provider.version),
-                exc, strict_mode,
+                registry.failures,
+                provider.plugin,
+                (provider.distribution, provider.version),
+                exc,
+                strict_mode,
             )
     return registry
 

@@ -10,8 +10,14 @@ from typing import TextIO
 class Progress:
     """``with Progress(total, "train") as bar: bar.update(n, "loss 0.3")``."""
 
-    def __init__(self, total: int, label: str, start: int = 0, enabled: bool = True,
-                 stream: TextIO | None = None):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        start: int = 0,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ):
         self.total, self.label, self.count, self.enabled = total, label, start, enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -31,8 +37,10 @@ class Progress:
         eta = (self.total - count) / rate if rate > 0 else 0.0
         width = 24
         filled = int(width * count / max(self.total, 1))
-        line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {count}/{self.total} "
-                f"{rate:.1f}/s eta {eta:.0f}s {note}")
+        line = (
+            f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {count}/{self.total} "
+            f"{rate:.1f}/s eta {eta:.0f}s {note}"
+        )
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         self.stream.flush()
 

@@ -68,7 +68,7 @@ def _check_component(kind: str, name: str, cls: Any, config: Any) -> None:
 
 
 class Registry:
-    """All registered components by kind and name. Built by :func:`fewmask.plugins.load_registry`."""
+    """All registered components by kind and name; see :func:`fewmask.plugins.load_registry`."""
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, ComponentInfo]] = {k: {} for k in COMPONENT_KINDS}
@@ -86,7 +86,9 @@ class Registry:
     ) -> ComponentInfo:
         """Register ``cls`` under ``name``; a name already taken raises, naming both providers."""
         if kind not in COMPONENT_KINDS:
-            raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(COMPONENT_KINDS)}")
+            raise ValueError(
+                f"unknown component kind {kind!r}; kinds: {', '.join(COMPONENT_KINDS)}"
+            )
         _check_component(kind, name, cls, config)
         if name in self._entries[kind]:
             first = self._entries[kind][name].provider
@@ -143,7 +145,7 @@ class Registry:
 
 
 class ScopedRegistry:
-    """The object handed to ``fewmask_register``: ``add_<kind>(name, cls, config=, description=)``."""
+    """Handed to ``fewmask_register``: ``add_<kind>(name, cls, config=, description=)``."""
 
     def __init__(self, registry: Registry, provider: Provider):
         self._registry = registry

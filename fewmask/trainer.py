@@ -158,8 +158,14 @@ class Trainer:
         return self.seed * 1_000_003 + iteration
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, split: str, episodes: int, seed: int | None = None,
-                 dataset: FewShotDataset | None = None, progress: bool = False) -> Accuracy:
+    def evaluate(
+        self,
+        split: str,
+        episodes: int,
+        seed: int | None = None,
+        dataset: FewShotDataset | None = None,
+        progress: bool = False,
+    ) -> Accuracy:
         """Mean query accuracy after ``inner.test_steps`` on ``episodes`` seeded episodes."""
         dataset = dataset or self.datasets[split]
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)

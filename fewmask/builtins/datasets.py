@@ -15,10 +15,12 @@ class GlyphsConfig:
     """Options of ``glyphs``."""
 
     path: str | None = option(
-        None, help="an .npz made by `python -m fewmask.data.glyphs_generate` (default: the shipped set)"
+        None,
+        help="an .npz made by `python -m fewmask.data.glyphs_generate` (default: the shipped set)",
     )
     rotations: bool = option(
-        False, help="add 90/180/270-degree rotations of every class as new classes (x4, Omniglot-style)"
+        False,
+        help="add 90/180/270-degree rotations of every class as new classes (x4, Omniglot-style)",
     )
 
 
@@ -36,7 +38,9 @@ class GlyphsSource(DatasetSource):
         try:
             images, codepoints = load_glyph_split(split, self.config.path)
         except (OSError, ValueError, KeyError) as exc:
-            raise DatasetError(f"glyphs: cannot read {self.config.path or 'the shipped set'}: {exc}") from exc
+            raise DatasetError(
+                f"glyphs: cannot read {self.config.path or 'the shipped set'}: {exc}"
+            ) from exc
         images = torch.from_numpy(images)  # [classes, samples, 28, 28] uint8
         names = [f"U+{int(c):04X}" for c in codepoints]
         if self.config.rotations:

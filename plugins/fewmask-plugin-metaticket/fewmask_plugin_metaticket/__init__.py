@@ -24,11 +24,15 @@ __version__ = "0.1.0"
 @hookimpl
 def fewmask_register(registry) -> None:
     registry.add_masker(
-        "metaticket", MetaTicketMasker, config=MetaTicketConfig,
-        description="Meta-ticket: scores -> binary mask, fixed per-layer threshold, straight-through",
+        "metaticket",
+        MetaTicketMasker,
+        config=MetaTicketConfig,
+        description="Meta-ticket: scores -> binary mask, fixed per-layer threshold, STE",
     )
     registry.add_objective(
-        "metaticket", MetaTicketObjective, config=MetaTicketObjectiveConfig,
+        "metaticket",
+        MetaTicketObjective,
+        config=MetaTicketObjectiveConfig,
         description="meta-learn mask scores (SGD lr 10, momentum 0.9, warmup + cosine)",
     )
 

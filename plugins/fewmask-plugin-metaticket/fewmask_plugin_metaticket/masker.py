@@ -43,7 +43,9 @@ def threshold_rank(numel: int, sparsity: float) -> int:
 
 def initial_threshold(scores: Tensor, sparsity: float) -> Tensor:
     """The k-th smallest score: ``k - 1`` entries fall strictly below it and get pruned."""
-    return torch.kthvalue(scores.detach().flatten(), threshold_rank(scores.numel(), sparsity)).values
+    return torch.kthvalue(
+        scores.detach().flatten(), threshold_rank(scores.numel(), sparsity)
+    ).values
 
 
 def straight_through_mask(scores: Tensor, threshold: Tensor) -> Tensor:

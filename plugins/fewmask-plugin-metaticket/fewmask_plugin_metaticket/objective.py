@@ -24,16 +24,21 @@ class MetaTicketObjective(MetaObjective):
     """Only the scores are meta-learned: BatchNorm, biases and the head stay at their initial
     values in the outer loop (they are still adapted per task in the inner loop)."""
 
+    default_masker = "metaticket"
+
     def __init__(self, config: MetaTicketObjectiveConfig | None = None):
         self.config = config or MetaTicketObjectiveConfig()
 
     def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:
         scores = masker.meta_parameters()
         if not scores:
-            raise ConfigError([
-                "$.objective.name: objective 'metaticket' meta-learns mask scores, but the masker "
-                f"({type(masker).__name__}) has none; set masker.name: metaticket"
-            ])
+            raise ConfigError(
+                [
+                    "$.objective.name: objective 'metaticket' meta-learns mask scores, "
+                    "but the masker "
+                    f"({type(masker).__name__}) has none; set masker.name: metaticket"
+                ]
+            )
         return scores
 
     def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:

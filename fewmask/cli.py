@@ -1,0 +1,206 @@
+"""The ``fewmask`` command: plugins, validate, train, test.
+
+Exit status: 0 success, 2 bad configuration or usage, 1 any other fewmask error (data, checkpoint,
+plugin, non-finite loss). Errors are one clear message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fewmask.config import dump_config, read_config_file
+from fewmask.errors import ConfigError, FewmaskError
+from fewmask.trainer import CHECKPOINT, RESULTS
+
+CONFIG_FILE = "config.yaml"
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from fewmask.plugins import default_registry
+
+    registry = default_registry()
+    infos = registry.list()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "kind": i.kind,
+                        "name": i.name,
+                        "plugin": i.provider.plugin,
+                        "distribution": i.provider.distribution,
+                        "version": i.provider.version,
+                        "description": i.description,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    rows = [("KIND", "NAME", "PROVIDER", "VERSION", "DESCRIPTION")] + [
+        (
+            i.kind,
+            i.name,
+            f"{i.provider.distribution} [{i.provider.plugin}]",
+            i.provider.version,
+            i.description,
+        )
+        for i in infos
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+    for failure in registry.failures:
+        print(f"FAILED: {failure}")
+    return 0
+
+
+def _cmd_options(args: argparse.Namespace) -> int:
+    from fewmask.config import options_markdown
+
+    print(options_markdown(), end="")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from fewmask.config import plain_config
+    from fewmask.factory import resolve
+
+    resolved = resolve(args.config, args.override)
+    import yaml
+
+    print(yaml.safe_dump(plain_config(resolved), sort_keys=False), end="")
+    print(f"# {args.config}: OK", file=sys.stderr)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fewmask.factory import build_trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError([f"--resume: {run_dir} has no {CONFIG_FILE}; is it a fewmask run?"])
+        data = read_config_file(run_dir / CONFIG_FILE)
+        overrides = [*args.override, f"run_dir={run_dir}"]
+        trainer = build_trainer(data, overrides)
+        if (run_dir / CHECKPOINT).is_file():
+            trainer.resume()
+            print(f"resuming {run_dir} at iteration {trainer.iteration}", file=sys.stderr)
+    else:
+        if not args.config:
+            raise ConfigError(
+                ["usage: fewmask train CONFIG [-o key=value ...] or --resume RUN_DIR"]
+            )
+        overrides = list(args.override) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+        trainer = build_trainer(args.config, overrides)
+        run_dir = trainer.run_dir
+        if (run_dir / CHECKPOINT).exists() and not args.force:
+            raise ConfigError(
+                [
+                    f"$.run_dir: {run_dir} already holds a run; continue it with "
+                    f"`fewmask train --resume {run_dir}`, pick another with --run-dir, "
+                    "or pass --force"
+                ]
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(trainer.config, run_dir / CONFIG_FILE)
+    results = trainer.fit()
+    _print_results(results, trainer.run_dir)
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from fewmask.factory import build_trainer
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError([f"RUN_DIR: {run_dir} has no {CONFIG_FILE}; is it a fewmask run?"])
+    overrides = [*args.override, f"run_dir={run_dir}"]
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    trainer = build_trainer(read_config_file(run_dir / CONFIG_FILE), overrides)
+    trainer.resume()
+    results = trainer.test(args.episodes)
+    _print_results(results, run_dir)
+    return 0
+
+
+def _print_results(results: dict, run_dir: Path | None) -> None:
+    print(
+        f"meta-test {results['ways']}-way {results['shots']}-shot ({results['split']} split, "
+        f"{results['episodes']} episodes, iteration {results['iteration']}): "
+        f"accuracy {100 * results['accuracy']:.2f} +- {100 * results['ci95']:.2f} % (95% CI), "
+        f"mask sparsity {100 * results['sparsity']:.1f} %"
+    )
+    if run_dir is not None:
+        print(f"results: {run_dir / RESULTS}; TensorBoard: tensorboard --logdir {run_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fewmask import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fewmask",
+        description="Meta-learn sparse subnetworks (Meta-ticket) and MAML baselines.",
+    )
+    parser.add_argument("--version", action="version", version=f"fewmask {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list every registered component and its provider")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("options", help="every config field of every component, as markdown")
+    p.set_defaults(func=_cmd_options)
+
+    override = {
+        "action": "append",
+        "default": [],
+        "metavar": "KEY=VALUE",
+        "help": "override a config value, e.g. -o train.iterations=100 (repeatable)",
+    }
+    p = sub.add_parser("validate", help="check a config and print it with every default filled in")
+    p.add_argument("config", help="YAML, TOML or JSON config file")
+    p.add_argument("-o", "--override", **override)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="meta-train, then meta-test the final model")
+    p.add_argument("config", nargs="?", help="YAML, TOML or JSON config file")
+    p.add_argument("-o", "--override", **override)
+    p.add_argument("--run-dir", help="where to write the run (overrides run_dir)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run in run_dir")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="meta-test the checkpoint of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--episodes", type=int, help="number of test episodes (default: the run's)")
+    p.add_argument("--seed", type=int, help="episode seed (default: the run's)")
+    p.add_argument("-o", "--override", **override)
+    p.set_defaults(func=_cmd_test)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"fewmask: config error: {exc}", file=sys.stderr)
+        return 2
+    except FewmaskError as exc:
+        print(f"fewmask: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fewmask: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

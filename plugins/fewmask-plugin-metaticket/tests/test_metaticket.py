@@ -1,0 +1,195 @@
+"""Meta-ticket plugin: entry-point wiring and the mask's properties (Hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fewmask_plugin_metaticket import (
+    MetaTicketConfig,
+    MetaTicketMasker,
+    straight_through_mask,
+    threshold_rank,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import fewmask
+from fewmask import Backbone, TrainConfig, Trainer, create
+from fewmask.plugins import load_registry
+
+
+def test_plugin_is_found_through_its_entry_point():
+    registry = load_registry(autoload=False, only=["metaticket"], strict=True)
+    info = registry.get("masker", "metaticket")
+    assert info.cls is MetaTicketMasker
+    assert info.provider.plugin == "metaticket"
+    assert info.provider.distribution == "fewmask-plugin-metaticket"
+    assert registry.get("objective", "metaticket").provider.version == "0.1.0"
+
+
+def test_plugin_is_unknown_when_not_loaded():
+    registry = load_registry(autoload=True, blocked=["metaticket"], strict=True)
+    with pytest.raises(fewmask.UnknownComponentError, match="no masker named 'metaticket'"):
+        registry.get("masker", "metaticket")
+
+
+class OneLayer(Backbone):
+    """A single maskable Linear (or Conv2d) layer plus an unmasked head, for property tests."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.layer = (
+            nn.Linear(shape[1], shape[0])
+            if len(shape) == 2
+            else nn.Conv2d(shape[1], shape[0], shape[2])
+        )
+        self.head = nn.Linear(1, 1)
+
+    def forward_features(self, x):
+        return self.layer(x)
+
+    def forward_head(self, features):
+        return features
+
+    def get_classifier(self):
+        return self.head
+
+    def maskable_parameter_names(self):
+        return ["layer.weight"]
+
+
+shapes = st.one_of(
+    st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3)).map(lambda s: (*s, s[2])),
+)
+
+
+@given(shape=shapes, sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 2**16))
+def test_initial_mask_prunes_exactly_k_minus_one_and_is_binary(shape, sparsity, seed):
+    torch.manual_seed(seed)
+    backbone = OneLayer(shape)
+    masker = MetaTicketMasker(MetaTicketConfig(init_sparsity=sparsity))
+    masker.attach(backbone)
+    mask = masker.masks()["layer.weight"]
+    n = mask.numel()
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert int((mask == 0).sum()) == threshold_rank(n, sparsity) - 1
+    assert threshold_rank(n, sparsity) == 1 + round(sparsity * (n - 1))
+
+
+@given(sparsity=st.floats(0.0, 0.9), steps=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_threshold_never_moves_while_scores_train(sparsity, steps, seed):
+    torch.manual_seed(seed)
+    backbone = OneLayer((6, 5))
+    masker = MetaTicketMasker(MetaTicketConfig(init_sparsity=sparsity))
+    masker.attach(backbone)
+    before = masker.thresholds.clone()
+    optimizer = torch.optim.SGD(masker.parameters(), lr=10.0, momentum=0.9)
+    for _ in range(steps):
+        x = torch.randn(4, 5)
+        loss = (
+            torch.func.functional_call(
+                backbone,
+                {"layer.weight": backbone.layer.weight * masker.masks()["layer.weight"]},
+                (x,),
+            )
+            .pow(2)
+            .sum()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.equal(masker.thresholds, before)
+    assert not any(p is masker.thresholds for p in masker.parameters())
+
+
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_straight_through_score_gradient_is_weight_times_effective_weight_gradient(shape, seed):
+    torch.manual_seed(seed)
+    scores = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(shape, dtype=torch.float64)
+    threshold = scores.detach().median()
+    mask = straight_through_mask(scores, threshold)
+    effective = weight * mask
+    effective.retain_grad()
+    target = torch.randn(shape, dtype=torch.float64)
+    loss = ((effective - target) ** 3).sum()
+    loss.backward()
+    torch.testing.assert_close(scores.grad, effective.grad * weight)
+    assert torch.equal(mask.detach(), (scores >= threshold).double())
+
+
+@given(seed=st.integers(0, 2**16), sparsity=st.floats(0.1, 0.9))
+def test_masked_out_weights_do_not_affect_the_output(seed, sparsity):
+    torch.manual_seed(seed)
+    backbone = create(
+        "backbone", "omniglot_mlp", {"hidden": [6, 5]}, input_shape=(1, 3, 3), num_classes=4
+    )
+    masker = MetaTicketMasker(MetaTicketConfig(init_sparsity=sparsity))
+    masker.attach(backbone)
+    from fewmask.engine import masked_forward
+
+    x = torch.randn(7, 1, 3, 3)
+    params = dict(backbone.named_parameters())
+    masks = {n: m.detach() for n, m in masker.masks().items()}
+    out = masked_forward(backbone, params, masks, x)
+    noisy = {
+        n: (p + 100 * torch.randn_like(p) * (1 - masks[n])) if n in masks else p
+        for n, p in params.items()
+    }
+    torch.testing.assert_close(masked_forward(backbone, noisy, masks, x), out)
+
+
+def test_dense_start_and_weight_reinit(tiny_dataset):
+    backbone = create("backbone", "omniglot_mlp", {}, input_shape=(1, 28, 28), num_classes=5)
+    masker = create("masker", "metaticket")
+    masker.attach(backbone)
+    assert all(bool((m == 1).all()) for m in masker.masks().values())
+    w = backbone.get_parameter("features.1.linear.weight")
+    assert w.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.05)
+    with pytest.raises(RuntimeError, match="already attached"):
+        masker.attach(backbone)
+
+
+def test_metaticket_learns_only_scores_and_bn_head_stay_fixed(tiny_dataset):
+    backbone = create(
+        "backbone", "omniglot_mlp", {"hidden": [16, 8]}, input_shape=(1, 28, 28), num_classes=5
+    )
+    trainer = Trainer(
+        backbone,
+        create("masker", "metaticket"),
+        create("inner_optimizer", "sgd"),
+        create("objective", "metaticket", {"warmup": 2}),
+        create("sampler", "episodic", {"ways": 5, "shots": 1}),
+        {"train": tiny_dataset},
+        TrainConfig(iterations=4, test_episodes=3, progress=False),
+    )
+    weights = {n: p.detach().clone() for n, p in backbone.named_parameters()}
+    scores = {n: p.detach().clone() for n, p in trainer.masker.meta_parameters().items()}
+    trainer.fit()
+    for name, p in backbone.named_parameters():
+        assert torch.equal(p, weights[name]), f"{name} must not be meta-learned"
+    assert any(not torch.equal(p, scores[n]) for n, p in trainer.masker.meta_parameters().items())
+
+
+def test_metaticket_objective_needs_scores(tiny_dataset):
+    backbone = create("backbone", "omniglot_mlp", {}, input_shape=(1, 28, 28), num_classes=5)
+    with pytest.raises(fewmask.ConfigError, match="masker.name: metaticket"):
+        Trainer(
+            backbone,
+            create("masker", "dense"),
+            create("inner_optimizer", "sgd"),
+            create("objective", "metaticket"),
+            create("sampler", "episodic"),
+            {"train": tiny_dataset},
+        )
+
+
+def test_warmup_then_cosine_schedule():
+    objective = create("objective", "metaticket", {"warmup": 4})
+    lrs = [objective.learning_rate(i, 12) for i in range(12)]
+    assert lrs[:4] == pytest.approx([10 * (i + 1) / 5 for i in range(4)])
+    assert lrs[4] == pytest.approx(10.0)
+    assert lrs[8] == pytest.approx(5.0)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))

@@ -1,0 +1,69 @@
+"""Every example in examples/ and every Python block in README.md and docs/ runs, at a tiny size."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fewmask.cli import main
+from fewmask.config import options_markdown
+
+ROOT = Path(__file__).parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def python_blocks():
+    for path in DOCS:
+        for i, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(), re.S)):
+            yield pytest.param(block, id=f"{path.name}-{i}")
+
+
+@pytest.mark.parametrize("code", list(python_blocks()))
+def test_docs_python_blocks_run(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "<docs>", "exec"), {"__name__": "docs_example"})
+
+
+def test_compose_in_python_example_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "compose_in_python.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "meta-test accuracy" in result.stdout
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("objective", ["metaticket", "maml"])
+def test_example_configs_train_at_tiny_size(config, objective, tmp_path, capsys):
+    tiny = [
+        "train.iterations=3",
+        "train.val_every=2",
+        "train.val_episodes=2",
+        "train.test_episodes=5",
+        "train.progress=false",
+        f"objective.name={objective}",
+    ]
+    args = ["train", str(config), "--run-dir", str(tmp_path / "run")]
+    assert main(args + [x for o in tiny for x in ("-o", o)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_config_reference_is_current():
+    assert options_markdown() in (ROOT / "docs" / "config.md").read_text()
+
+
+def test_readme_starts_with_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).strip().splitlines()
+    assert len(block) == 2
+    assert block[0].endswith("fewmask train examples/metaticket_glyphs.yaml")
+    assert block[1].endswith("python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert '-e ".[test]" -e plugins/fewmask-plugin-metaticket' in ci and "pytest" in ci

@@ -1,0 +1,184 @@
+"""Trainer: checkpoints, resume, TensorBoard events, NaN guard, sampler, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+import torch
+
+from fewmask import CheckpointError, NonFiniteError, TrainConfig, Trainer, create
+from fewmask.checkpoint import load_checkpoint
+from fewmask.cli import main
+from fewmask.testing import make_dataset
+
+
+def make_trainer(run_dir=None, masker="metaticket", iterations=6, **train):
+    torch.manual_seed(0)
+    data = make_dataset()
+    backbone = create(
+        "backbone", "omniglot_mlp", {"hidden": [16, 8]}, input_shape=(1, 28, 28), num_classes=5
+    )
+    objective = "metaticket" if masker == "metaticket" else "maml"
+    options = {"warmup": 2} if objective == "metaticket" else {}
+    config = TrainConfig(
+        iterations=iterations,
+        val_every=3,
+        val_episodes=4,
+        test_episodes=10,
+        checkpoint_every=3,
+        log_every=1,
+        histogram_every=3,
+        progress=False,
+        **train,
+    )
+    return Trainer(
+        backbone,
+        create("masker", masker),
+        create("inner_optimizer", "sgd"),
+        create("objective", objective, options),
+        create("sampler", "episodic", {"ways": 5, "shots": 2, "queries": 3}),
+        {"train": data, "val": data, "test": make_dataset(seed=1)},
+        config,
+        seed=3,
+        run_dir=run_dir,
+    )
+
+
+@pytest.mark.parametrize("masker", ["metaticket", "dense"])
+def test_resume_continues_exactly(tmp_path, masker):
+    full = make_trainer(tmp_path / "full", masker)
+    full_results = full.fit()
+
+    part = make_trainer(tmp_path / "part", masker)
+    part._open_logger()
+    for _ in range(3):
+        part.train_step()
+    part.save()
+    part.logger.close()
+    resumed = make_trainer(tmp_path / "part", masker)
+    resumed.resume()
+    assert resumed.iteration == 3
+    assert resumed.fit() == full_results
+    for a, b in zip(full.masker.state_dict().values(), resumed.masker.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.backbone.state_dict().values(), resumed.backbone.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_holds_everything_and_corruption_is_detected(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["iteration"] == 6
+    assert {"backbone", "masker", "optimizer", "generator", "torch_rng"} <= set(state)
+    assert any(k.startswith("scores.") for k in state["masker"]) and "thresholds" in state["masker"]
+    assert not list(tmp_path.glob(".checkpoint.pt.*.tmp")), "no temporary files left behind"
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        make_trainer(tmp_path).resume()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        make_trainer(tmp_path / "empty").resume()
+
+
+def test_tensorboard_events_and_metrics_are_written(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    make_trainer(tmp_path).fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in [
+        "train/loss",
+        "train/accuracy",
+        "train/lr",
+        "val/accuracy",
+        "sparsity/overall",
+        "sparsity/features.1.linear.weight",
+    ]:
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
+    assert any(t.startswith("scores/") for t in tags["histograms"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert 0 <= results["accuracy"] <= 1 and results["episodes"] == 10
+
+
+def test_non_finite_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, masker="dense", iterations=3)
+    trainer.fit()
+    trainer.train_config = attrs.evolve(trainer.train_config, iterations=9)
+    trainer.learning_rates = {n: 1e30 for n in trainer.learning_rates}
+    with pytest.raises(NonFiniteError, match="at iteration 3"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 3
+
+
+def test_sampler_episodes_are_valid_and_seeded(tiny_dataset):
+    sampler = create("sampler", "episodic", {"ways": 4, "shots": 2, "queries": 3})
+    ep = sampler.sample(tiny_dataset, torch.Generator().manual_seed(1))
+    assert ep.support_x.shape == (8, 1, 28, 28) and ep.query_x.shape == (12, 1, 28, 28)
+    assert ep.support_y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert ep.query_y.bincount().tolist() == [3, 3, 3, 3]
+    assert 0 <= ep.support_x.min() and ep.support_x.max() <= 1
+    images = torch.cat([ep.support_x, ep.query_x]).flatten(1)
+    assert len({tuple(r.tolist()) for r in images}) == 20, "no image drawn twice"
+    again = sampler.sample(tiny_dataset, torch.Generator().manual_seed(1))
+    assert torch.equal(again.query_x, ep.query_x)
+    too_many = create("sampler", "episodic", {"ways": 4, "shots": 3, "queries": 4})
+    with pytest.raises(Exception, match="fewer than shots \\+ queries = 7"):
+        too_many.check(tiny_dataset)
+
+
+CONFIG = """
+run_dir: {run}
+backbone: {{name: omniglot_mlp, options: {{hidden: [8, 8]}}}}
+objective: {{name: metaticket, options: {{warmup: 1}}}}
+inner: {{name: sgd, options: {{test_steps: 2}}}}
+train: {{iterations: 4, val_every: 2, val_episodes: 3, test_episodes: 20, checkpoint_every: 2}}
+"""
+
+
+def test_cli_train_resume_and_test(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(run=tmp_path / "run"))
+    assert main(["train", str(config), "-o", "train.progress=false"]) == 0
+    out = capsys.readouterr().out
+    assert "meta-test 5-way 1-shot" in out and "+-" in out and "(95% CI)" in out
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert main(["train", str(config)]) == 2, "refuses to overwrite a run"
+    assert "--resume" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(tmp_path / "run"),
+                "-o",
+                "train.iterations=6",
+                "-o",
+                "train.progress=false",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["iteration"] == 6
+    assert (
+        main(["test", str(tmp_path / "run"), "--episodes", "7", "-o", "train.progress=false"]) == 0
+    )
+    assert "7 episodes, iteration 6" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear_and_exit_2(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(run=tmp_path / "run").replace("iterations: 4", "iteratons: 4"))
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "$.train: unknown key(s): iteratons" in err and "Traceback" not in err
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    config.write_text(CONFIG.format(run=tmp_path / "run2"))
+    assert main(["train", str(config), "-o", "dataset.options.path=/nonexistent/g.npz"]) == 1
+    err = capsys.readouterr().err
+    assert "/nonexistent/g.npz" in err and "Traceback" not in err
