@@ -62,6 +62,32 @@ class FewShotDataset:
     class_names: tuple[str, ...]
     name: str = "dataset"
 
+    def __attrs_post_init__(self) -> None:
+        from fewmask.errors import DatasetError
+
+        problems = []
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            problems.append(
+                f"images must be a uint8 tensor [N, C, H, W], got {self.images.dtype} "
+                f"of shape {tuple(self.images.shape)}"
+            )
+        if self.labels.dim() != 1 or len(self.labels) != len(self.images):
+            problems.append(
+                f"labels must be 1-D with one entry per image ({len(self.images)}), "
+                f"got shape {tuple(self.labels.shape)}"
+            )
+        elif len(self.labels) == 0:
+            problems.append("the split holds no images")
+        elif bool((self.labels[1:] < self.labels[:-1]).any()) or int(self.labels.min()) < 0:
+            problems.append("labels must be non-negative and sorted by class")
+        elif int(self.labels.max()) >= len(self.class_names):
+            problems.append(
+                f"labels go up to {int(self.labels.max())} but there are only "
+                f"{len(self.class_names)} class names"
+            )
+        if problems:
+            raise DatasetError(f"{self.name}: " + "; ".join(problems))
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +13,7 @@ import torch
 class MetricLogger(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -24,15 +26,26 @@ class NullLogger:
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+def _step(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` line; ``None`` for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class RunLogger:
     """TensorBoard events plus ``metrics.jsonl`` in a run directory.
 
-    ``resume_step`` drops what an interrupted run logged after its last checkpoint, from both
-    (TensorBoard's ``purge_step``), so resumed curves have no duplicates.
+    ``resume_step`` drops what an earlier process logged at or after that step, from both
+    (TensorBoard's ``purge_step``), so resumed curves have no duplicates; 0 starts afresh.
     """
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None):
@@ -56,6 +69,12 @@ class RunLogger:
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+
+    def flush(self) -> None:
+        """Put everything logged so far on disk (called before every checkpoint)."""
+        self.writer.flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self.writer.close()

@@ -22,7 +22,7 @@ import torch
 from fewmask.checkpoint import load_checkpoint, save_checkpoint
 from fewmask.config import TrainConfig, converter
 from fewmask.engine import evaluate_episode, meta_gradient
-from fewmask.errors import ConfigError, NonFiniteError
+from fewmask.errors import ConfigError, DatasetError, NonFiniteError
 from fewmask.interfaces import (
     Backbone,
     EpisodeSampler,
@@ -67,7 +67,13 @@ class Trainer:
 
         if "train" not in self.datasets:
             raise ConfigError(["$.dataset: the datasets need a 'train' split"])
-        for dataset in self.datasets.values():
+        shape = self.datasets["train"].image_shape
+        for split, dataset in self.datasets.items():
+            if dataset.image_shape != shape:
+                raise DatasetError(
+                    f"{dataset.name}: split '{split}' has images of shape {dataset.image_shape}, "
+                    f"but the train split has {shape}; resize them to match"
+                )
             sampler.check(dataset)
         masker.attach(backbone)
         backbone.to(self.device, self.dtype)
@@ -102,6 +108,7 @@ class Trainer:
                         self.logger.scalar("val/loss", val.loss, it)
                     due = it % cfg.checkpoint_every == 0 or it == cfg.iterations
                     if due and self.run_dir is not None:
+                        self.logger.flush()  # metrics up to the checkpoint survive a crash
                         self.save()
                     bar.update(it, f"loss {loss:.3f} acc {accuracy:.3f}")
             results = self.test()
@@ -239,7 +246,8 @@ class Trainer:
         """Load a checkpoint (default: ``RUN_DIR/checkpoint.pt``) and continue from it."""
         source = Path(path) if path else self._require_run_dir() / CHECKPOINT
         self.load_state_dict(load_checkpoint(source, map_location=self.device))
-        self._resumed = True
+        for stale in source.parent.glob(f".{source.name}.*.tmp"):  # a write cut short by a crash
+            stale.unlink()
 
     def _require_run_dir(self) -> Path:
         if self.run_dir is None:
@@ -250,5 +258,7 @@ class Trainer:
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resume_step = self.iteration + 1 if getattr(self, "_resumed", False) else None
-        self.logger = RunLogger(self.run_dir, resume_step=resume_step)
+        # drop whatever an earlier process logged after the point this one starts from
+        self.logger = RunLogger(
+            self.run_dir, resume_step=self.iteration + 1 if self.iteration else 0
+        )

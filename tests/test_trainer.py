@@ -182,3 +182,17 @@ def test_cli_errors_are_clear_and_exit_2(tmp_path, capsys):
     assert main(["train", str(config), "-o", "dataset.options.path=/nonexistent/g.npz"]) == 1
     err = capsys.readouterr().err
     assert "/nonexistent/g.npz" in err and "Traceback" not in err
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs():
+    a, b = make_trainer(), make_trainer()
+    ra, rb = a.fit(), b.fit()
+    assert ra == rb
+    for x, y in zip(a.masker.state_dict().values(), b.masker.state_dict().values()):
+        assert torch.equal(x, y)
+    c = make_trainer()
+    c.generator.manual_seed(99)  # another episode stream
+    c.fit()
+    assert not torch.equal(
+        c.masker.scores["features/1/linear/weight"], a.masker.scores["features/1/linear/weight"]
+    )

@@ -1,0 +1,155 @@
+"""Crashes lose nothing: kill -9 at random iterations and during a checkpoint write, then resume.
+
+The resumed run must equal an uninterrupted one bit for bit on CPU: results, scores, weights,
+metrics.jsonl and the TensorBoard curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewmask.checkpoint import load_checkpoint
+from fewmask.cli import main
+
+CONFIG = """
+seed: 4
+backbone: {name: omniglot_mlp, options: {hidden: [128, 64]}}
+objective: {name: metaticket, options: {warmup: 5}}
+inner: {name: sgd, options: {test_steps: 2}}
+train: {iterations: 60, val_every: 7, val_episodes: 3, test_episodes: 20, checkpoint_every: 4,
+        log_every: 1, histogram_every: 10, progress: false}
+"""
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert json.loads((a / "results.json").read_text()) == json.loads(
+        (b / "results.json").read_text()
+    )
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    state_a, state_b = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    for part in ("backbone", "masker"):
+        for key in state_a[part]:
+            assert torch.equal(state_a[part][key], state_b[part][key]), f"{part}.{key}"
+    assert tensorboard_scalars(a) == tensorboard_scalars(b)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    """An uninterrupted run, and its config file."""
+    root = tmp_path_factory.mktemp("reference")
+    config = root / "config.yaml"
+    config.write_text(CONFIG)
+    assert main(["train", str(config), "--run-dir", str(root / "run")]) == 0
+    return root / "run", config
+
+
+def spawn(*args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fewmask.cli", *args], stdout=subprocess.DEVNULL, stderr=stderr
+    )
+
+
+def last_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return -1
+    steps = [json.loads(x)["step"] for x in path.read_text().splitlines()[:-1] if x]
+    return max(steps, default=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [6, 21, 45])
+def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path, kill_after):
+    ref_run, config = reference
+    run = tmp_path / "run"
+    proc = spawn("train", str(config), "--run-dir", str(run))
+    deadline = time.monotonic() + 120
+    while last_step(run) < kill_after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = last_step(run)
+    assert killed_at < 60
+    resumed = spawn("train", "--resume", str(run), stderr=subprocess.PIPE)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()
+    assert b"resuming" in err
+    assert_same_run(run, ref_run)
+
+
+DYING_WRITE = """
+import io, os, signal, sys, torch
+import fewmask.checkpoint as checkpoint
+from fewmask.cli import main
+
+real_save, calls = torch.save, []
+
+def dying_save(obj, f):
+    calls.append(1)
+    if len(calls) < 3:
+        return real_save(obj, f)
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # dies halfway through the third checkpoint
+
+checkpoint.torch.save = dying_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(reference, tmp_path):
+    ref_run, config = reference
+    run = tmp_path / "run"
+    script = tmp_path / "dying.py"
+    script.write_text(textwrap.dedent(DYING_WRITE))
+    proc = subprocess.run(
+        [sys.executable, str(script), "train", str(config), "--run-dir", str(run)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert list(run.glob(".checkpoint.pt.*.tmp")), "the cut-short write is a temporary file"
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 8  # the second checkpoint
+    assert main(["train", "--resume", str(run)]) == 0
+    assert not list(run.glob(".checkpoint.pt.*.tmp"))
+    assert_same_run(run, ref_run)
+
+
+def test_interrupted_write_in_process_leaves_old_checkpoint(tmp_path, monkeypatch):
+    from fewmask import checkpoint
+
+    checkpoint.save_checkpoint({"iteration": 1}, tmp_path / "c.pt")
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint({"iteration": 2}, tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt")["iteration"] == 1
+    assert os.listdir(tmp_path) == ["c.pt"]
