@@ -58,13 +58,13 @@ def build_trainer(
         return info.cls(options, **kwargs) if info.config_cls is not None else info.cls(**kwargs)
 
     torch.manual_seed(experiment.seed)
-    source = build("dataset")
+    # cheap components first, so their construction errors come before any data is read
+    sampler, masker = build("sampler"), build("masker")
+    inner, objective, source = build("inner"), build("objective"), build("dataset")
     datasets = {split: source.load(split) for split in source.splits}
-    sampler = build("sampler")
     backbone = build(
         "backbone", input_shape=datasets["train"].image_shape, num_classes=sampler.ways
     )
-    masker, inner, objective = build("masker"), build("inner"), build("objective")
     return Trainer(
         backbone,
         masker,

@@ -1,21 +1,22 @@
 """Meta-gradients of MAML and Meta-ticket against a plain per-task reference and finite differences.
 
 Float64, a tiny MLP with BatchNorm (batch statistics), two second-order inner steps.
-The reference below is written out by hand (explicit linear / batch_norm / relu), independent
-of the engine's functional_call path. For Meta-ticket the straight-through estimator makes the
-score gradient equal to the gradient w.r.t. a *continuous* mask at the current binary mask, so
-the finite differences perturb the mask values.
+The reference (``fewmask.testing.reference_meta_loss``) is written out by hand (explicit
+linear / batch_norm / relu), independent of the engine's functional_call path. For
+Meta-ticket the straight-through estimator makes the score gradient equal to the gradient
+w.r.t. a *continuous* mask at the current binary mask, so the finite differences perturb the
+mask values.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fewmask import create
 from fewmask.engine import meta_gradient
 from fewmask.interfaces import Episode
+from fewmask.testing import reference_meta_loss
 
 SHAPE, HIDDEN, WAYS, LR, STEPS = (1, 2, 3), (5, 4), 3, 0.4, 2
 
@@ -33,37 +34,9 @@ def episodes(count: int = 2) -> list[Episode]:
     ]
 
 
-def reference_forward(params, masks, x):
-    h = x.flatten(1)
-    for i in (1, 2):
-        weight = params[f"features.{i}.linear.weight"]
-        if masks:
-            weight = weight * masks[f"features.{i}.linear.weight"]
-        h = F.linear(h, weight, params[f"features.{i}.linear.bias"])
-        h = F.batch_norm(
-            h,
-            None,
-            None,
-            params[f"features.{i}.normalize.weight"],
-            params[f"features.{i}.normalize.bias"],
-            training=True,
-            eps=1e-3,
-        )
-        h = torch.relu(h)
-    return F.linear(h, params["classifier.weight"], params["classifier.bias"])
-
-
 def reference_loss(params, masks, eps, first_order=False):
-    """Mean over tasks of the query loss after STEPS plain SGD steps on the support loss."""
-    total = 0.0
-    for ep in eps:
-        fast = dict(params)
-        for _ in range(STEPS):
-            loss = F.cross_entropy(reference_forward(fast, masks, ep.support_x), ep.support_y)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            fast = {n: p - LR * g for (n, p), g in zip(fast.items(), grads)}
-        total = total + F.cross_entropy(reference_forward(fast, masks, ep.query_x), ep.query_y)
-    return total / len(eps)
+    """The plain per-task reference with every learning rate equal to LR."""
+    return reference_meta_loss(params, masks, eps, dict.fromkeys(params, LR), STEPS, first_order)
 
 
 def build(masker_name, first_order=False, init_sparsity=0.5):

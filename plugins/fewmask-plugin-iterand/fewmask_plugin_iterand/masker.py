@@ -1,0 +1,78 @@
+"""IteRand (Chijiwa et al., NeurIPS 2021) as a masker wrapper: re-randomise pruned weights.
+
+Every ``period`` outer iterations (after the updates of iterations ``period - 1``,
+``2 period - 1``, ...), each weight the current mask prunes is replaced, with probability ``rate``,
+by a fresh kaiming-normal sample ``N(0, 2 / fan_in)`` (the sign is not kept). Kept weights never
+change, so the network's function is unchanged at that moment; the new values matter only when
+a pruned weight revives. This is the rule the Meta-ticket code applies (its ``rerand_rate`` is
+this ``rate``; IteRand's own code calls it ``rerand_lambda``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from fewmask import Backbone, ConfigError, Masker, option
+
+
+@attrs.frozen
+class IteRandConfig:
+    """Options of the ``iterand`` masker."""
+
+    base: str = option("metaticket", help="the masker to wrap (any masker with masks)")
+    base_options: dict[str, Any] = option(factory=dict, help="options of the wrapped masker")
+    period: int = option(1000, ge=1, help="re-randomise every this many outer iterations")
+    rate: float = option(1.0, ge=0, le=1, help="probability that a pruned weight is re-drawn")
+
+
+class IteRandMasker(Masker):
+    """Wraps another masker (``base``) and re-draws its pruned weights every ``period`` steps."""
+
+    def __init__(self, config: IteRandConfig | None = None, base: Masker | None = None):
+        super().__init__()
+        self.config = config = config or IteRandConfig()
+        if base is None:
+            from fewmask.plugins import default_registry
+
+            try:
+                base = default_registry().create("masker", config.base, config.base_options)
+            except ConfigError as exc:
+                raise ConfigError(
+                    [
+                        p.replace("$.masker.options", "$.masker.options.base_options")
+                        for p in exc.problems
+                    ]
+                ) from None
+        self.base = base
+        self.events = 0
+
+    def attach(self, backbone: Backbone) -> None:
+        self.base.attach(backbone)
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return self.base.masks()
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        return self.base.meta_parameters()
+
+    def on_outer_step(self, iteration: int, backbone: Backbone) -> None:
+        self.base.on_outer_step(iteration, backbone)
+        if (iteration + 1) % self.config.period == 0:
+            rerandomize_pruned(backbone, self.base.masks(), self.config.rate)
+            self.events += 1
+
+
+def rerandomize_pruned(backbone: Backbone, masks: dict[str, torch.Tensor], rate: float) -> None:
+    """Replace each pruned entry (mask 0) with a fresh ``N(0, 2/fan_in)`` draw w.p. ``rate``."""
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weight = backbone.get_parameter(name)
+            std = math.sqrt(2.0 / weight[0].numel())
+            fresh = torch.randn_like(weight) * std
+            chosen = (mask.detach() == 0) & (torch.rand_like(weight) < rate)
+            weight.copy_(torch.where(chosen, fresh, weight))

@@ -1,0 +1,44 @@
+"""fewmask-plugin-lrpolicies: MAML / ANIL / BOIL / per-layer inner learning rates.
+
+Registers the inner optimizers ``maml``, ``anil``, ``boil`` and ``per_layer``; they work with
+any objective, e.g. Meta-ticket + BOIL::
+
+    objective: {name: metaticket}
+    inner: {name: boil, options: {lr: 0.5}}
+"""
+
+from __future__ import annotations
+
+from fewmask import hookimpl
+from fewmask_plugin_lrpolicies.policies import (
+    ANILPolicy,
+    BOILPolicy,
+    MAMLPolicy,
+    PerLayerConfig,
+    PerLayerPolicy,
+    PolicyConfig,
+)
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def fewmask_register(registry) -> None:
+    registry.add_inner_optimizer(
+        "maml", MAMLPolicy, config=PolicyConfig, description="inner SGD on every layer (MAML)"
+    )
+    registry.add_inner_optimizer(
+        "anil", ANILPolicy, config=PolicyConfig, description="inner SGD on the head only (ANIL)"
+    )
+    registry.add_inner_optimizer(
+        "boil", BOILPolicy, config=PolicyConfig, description="inner SGD on the body only (BOIL)"
+    )
+    registry.add_inner_optimizer(
+        "per_layer",
+        PerLayerPolicy,
+        config=PerLayerConfig,
+        description="inner SGD with per-layer rates by name pattern or group",
+    )
+
+
+__all__ = ["ANILPolicy", "BOILPolicy", "MAMLPolicy", "PerLayerConfig", "PerLayerPolicy"]
