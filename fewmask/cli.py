@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fewmask.config import dump_config, read_config_file
-from fewmask.errors import ConfigError, FewmaskError
+from fewmask.errors import ConfigError, FewmaskError, UnknownComponentError
 from fewmask.trainer import CHECKPOINT, RESULTS
 
 CONFIG_FILE = "config.yaml"
@@ -116,7 +116,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from fewmask.factory import build_trainer
+    from fewmask.config import parse_value
+    from fewmask.factory import build_trainer, create
+    from fewmask.transforms import match_shape
 
     run_dir = Path(args.run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -126,8 +128,23 @@ def _cmd_test(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     trainer = build_trainer(read_config_file(run_dir / CONFIG_FILE), overrides)
     trainer.resume()
-    results = trainer.test(args.episodes)
-    _print_results(results, run_dir)
+    if args.dataset is None:
+        _print_results(trainer.test(args.episodes), run_dir)
+        return 0
+    options = parse_value(args.dataset_options) if args.dataset_options else {}
+    if not isinstance(options, dict):
+        raise ConfigError([f"--dataset-options: expected a mapping, got {args.dataset_options!r}"])
+    if args.root:
+        options["root"] = args.root
+    target = create("dataset", args.dataset, options).load("test")
+    target = match_shape(target, trainer.datasets["train"].image_shape)
+    trainer.sampler.check(target)
+    episodes = args.episodes or trainer.train_config.test_episodes
+    result = trainer.evaluate("test", episodes, dataset=target,
+                              progress=trainer.train_config.progress)
+    print(f"meta-test on {target.name} ({trainer.sampler.ways}-way {trainer.sampler.shots}-shot, "
+          f"{result.episodes} episodes, iteration {trainer.iteration}): "
+          f"accuracy {100 * result.mean:.2f} +- {100 * result.ci95:.2f} % (95% CI)")
     return 0
 
 
@@ -138,6 +155,15 @@ def _print_results(results: dict, run_dir: Path | None) -> None:
         f"accuracy {100 * results['accuracy']:.2f} +- {100 * results['ci95']:.2f} % (95% CI), "
         f"mask sparsity {100 * results['sparsity']:.1f} %"
     )
+    cross = results.get("cross_domain", {})
+    for label, other in cross.items():
+        print(f"meta-test on {label}: accuracy {100 * other['accuracy']:.2f} "
+              f"+- {100 * other['ci95']:.2f} % (95% CI)")
+    if cross:
+        cells = [f"{100 * results['accuracy']:.2f} +- {100 * results['ci95']:.2f}"] + [
+            f"{100 * o['accuracy']:.2f} +- {100 * o['ci95']:.2f}" for o in cross.values()]
+        print("| " + " | ".join(["own test split", *cross]) + " |")
+        print("| " + " | ".join(cells) + " |")
     if run_dir is not None:
         print(f"results: {run_dir / RESULTS}; TensorBoard: tensorboard --logdir {run_dir}")
 
@@ -182,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--episodes", type=int, help="number of test episodes (default: the run's)")
     p.add_argument("--seed", type=int, help="episode seed (default: the run's)")
+    p.add_argument("--dataset", help="meta-test on this dataset's test split (cross-domain)")
+    p.add_argument("--root", help="root folder of --dataset (sets its `root` option)")
+    p.add_argument("--dataset-options", metavar="YAML",
+                   help="options of --dataset as a YAML mapping, e.g. '{set: heldout}'")
     p.add_argument("-o", "--override", **override)
     p.set_defaults(func=_cmd_test)
     return parser
@@ -193,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"fewmask: config error: {exc}", file=sys.stderr)
+        return 2
+    except UnknownComponentError as exc:
+        print(f"fewmask: {exc}", file=sys.stderr)
         return 2
     except FewmaskError as exc:
         print(f"fewmask: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -136,6 +136,11 @@ class ExperimentConfig:
         factory=lambda: ComponentRef("maml"), help="what the outer loop learns: maml or metaticket"
     )
     train: TrainConfig = option(factory=TrainConfig, help="training schedule")
+    test_datasets: list[ComponentRef] = option(
+        factory=list,
+        help="extra (cross-domain) meta-test datasets: their test splits, resized to the model's "
+        "input, are evaluated after training",
+    )
     seed: int = option(1, ge=0, help="seed of weights, scores and every episode stream")
     run_dir: str = option("runs/default", help="where checkpoints, logs and results are written")
 
@@ -303,8 +308,11 @@ def _resolve_components(
         if isinstance(name, str) and name in registry.names("objective"):
             refs["masker"] = {"name": registry.get("objective", name).cls.default_masker}
     components: dict[str, tuple[ComponentInfo, Any]] = {}
-    for field, kind in COMPONENT_FIELDS.items():
-        ref = refs[field]
+    extra = raw.get("test_datasets")
+    for i, ref in enumerate(extra if isinstance(extra, list) else []):
+        refs[f"test_datasets[{i}]"] = ref
+    for field, ref in refs.items():
+        kind = COMPONENT_FIELDS.get(field, "dataset")
         if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
             continue  # phase 1 already reported the shape of this reference
         name = ref["name"]
@@ -409,7 +417,11 @@ def plain_config(config: ExperimentConfig | ResolvedConfig) -> dict[str, Any]:
     data = unstructure(config.experiment if isinstance(config, ResolvedConfig) else config)
     if isinstance(config, ResolvedConfig):
         for field, (_, options) in config.components.items():
-            data[field]["options"] = converter.unstructure(options) if options is not None else {}
+            plain = converter.unstructure(options) if options is not None else {}
+            if field.startswith("test_datasets["):
+                data["test_datasets"][int(field[14:-1])]["options"] = plain
+            else:
+                data[field]["options"] = plain
     return json.loads(json.dumps(data))  # tuples -> lists
 
 

@@ -65,15 +65,23 @@ def build_trainer(
     backbone = build(
         "backbone", input_shape=datasets["train"].image_shape, num_classes=sampler.ways
     )
+    cross_domain = {}
+    for field in sorted(parts):
+        if field.startswith("test_datasets["):
+            label = cross_domain_label(parts[field][0].name, parts[field][1], cross_domain)
+            cross_domain[label] = build(field).load("test")
     return Trainer(
-        backbone,
-        masker,
-        inner,
-        objective,
-        sampler,
-        datasets,
-        experiment.train,
-        seed=experiment.seed,
-        run_dir=experiment.run_dir,
-        config=plain_config(resolved),
+        backbone, masker, inner, objective, sampler, datasets, experiment.train,
+        seed=experiment.seed, run_dir=experiment.run_dir, config=plain_config(resolved),
+        cross_domain=cross_domain,
     )
+
+
+def cross_domain_label(name: str, options: Any, taken: Mapping[str, Any]) -> str:
+    """A readable, unique label for a meta-test dataset: its name, plus a variant if any."""
+    variant = getattr(options, "set", None)
+    base = name if variant in (None, "main") else f"{name}:{variant}"
+    label, suffix = base, 2
+    while label in taken:
+        label, suffix = f"{base}#{suffix}", suffix + 1
+    return label

@@ -34,6 +34,7 @@ from fewmask.interfaces import (
 from fewmask.loggers import MetricLogger, NullLogger, RunLogger
 from fewmask.metrics import Accuracy, mask_sparsity
 from fewmask.progress import Progress
+from fewmask.transforms import match_shape
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -55,6 +56,7 @@ class Trainer:
         seed: int = 1,
         run_dir: str | Path | None = None,
         config: Any = None,
+        cross_domain: Mapping[str, FewShotDataset] | None = None,
     ):
         self.train_config = train = train or TrainConfig()
         self.device = torch.device(train.device)
@@ -65,6 +67,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = config  # plain data of the experiment config, stored in checkpoints
 
+        self.cross_domain = dict(cross_domain or {})
         if "train" not in self.datasets:
             raise ConfigError(["$.dataset: the datasets need a 'train' split"])
         shape = self.datasets["train"].image_shape
@@ -75,6 +78,9 @@ class Trainer:
                     f"but the train split has {shape}; resize them to match"
                 )
             sampler.check(dataset)
+        for label, dataset in self.cross_domain.items():
+            self.cross_domain[label] = match_shape(dataset, shape)
+            sampler.check(self.cross_domain[label])
         masker.attach(backbone)
         backbone.to(self.device, self.dtype)
         masker.to(self.device, self.dtype)
@@ -207,6 +213,13 @@ class Trainer:
             "queries": self.sampler.queries,
             "seed": self.seed,
         }
+        if self.cross_domain:
+            results["cross_domain"] = {}
+        for label, dataset in self.cross_domain.items():
+            other = self.evaluate(label, episodes, dataset=dataset,
+                                  progress=self.train_config.progress)
+            results["cross_domain"][label] = {"accuracy": other.mean, "ci95": other.ci95,
+                                              "episodes": other.episodes}
         if self.run_dir is not None:
             (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         return results

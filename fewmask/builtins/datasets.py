@@ -14,9 +14,15 @@ from fewmask.interfaces import DatasetSource, FewShotDataset
 class GlyphsConfig:
     """Options of ``glyphs``."""
 
+    set: str = option(
+        "main",
+        choices=("main", "heldout"),
+        help="main: 1,651 classes split train/val/test by alphabet; heldout: alphabets kept out "
+        "of the main set (a 'test' split only), a cross-domain target",
+    )
     path: str | None = option(
         None,
-        help="an .npz made by `python -m fewmask.data.glyphs_generate` (default: the shipped set)",
+        help="an .npz made by `python -m fewmask.data.glyphs_generate` (overrides `set`)",
     )
     rotations: bool = option(
         False,
@@ -29,18 +35,29 @@ class GlyphsSource(DatasetSource):
 
     def __init__(self, config: GlyphsConfig):
         self.config = config
+        if config.set == "heldout" and config.path is None:
+            self.splits = ("test",)
+
+    def _path(self) -> str | None:
+        if self.config.path is not None or self.config.set == "main":
+            return self.config.path
+        from fewmask.data.glyphs import GLYPHS_HELDOUT_PATH
+
+        return str(GLYPHS_HELDOUT_PATH)
 
     def load(self, split: str) -> FewShotDataset:
         from fewmask.data.glyphs import load_glyph_split
 
         if split not in self.splits:
-            raise DatasetError(f"glyphs: unknown split {split!r}; splits: {', '.join(self.splits)}")
-        try:
-            images, codepoints = load_glyph_split(split, self.config.path)
-        except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(
-                f"glyphs: cannot read {self.config.path or 'the shipped set'}: {exc}"
-            ) from exc
+                f"glyphs ({self.config.set} set): unknown split {split!r}; "
+                f"splits: {', '.join(self.splits)}"
+            )
+        path = self._path()
+        try:
+            images, codepoints = load_glyph_split(split, path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"glyphs: cannot read {path or 'the shipped set'}: {exc}") from exc
         images = torch.from_numpy(images)  # [classes, samples, 28, 28] uint8
         names = [f"U+{int(c):04X}" for c in codepoints]
         if self.config.rotations:
@@ -51,5 +68,5 @@ class GlyphsSource(DatasetSource):
             images=images.reshape(classes * samples, 1, *images.shape[2:]).contiguous(),
             labels=torch.arange(classes).repeat_interleave(samples),
             class_names=tuple(names),
-            name=f"glyphs/{split}",
+            name=f"glyphs{'' if self.config.set == 'main' else ':' + self.config.set}/{split}",
         )
