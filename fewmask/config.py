@@ -447,7 +447,7 @@ def fields_markdown(cls: type) -> str:
             f"{k} {field.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in field.metadata
         )
         if "choices" in field.metadata:
-            bounds = "one of " + ", ".join(field.metadata["choices"])
+            bounds = "one of " + ", ".join(map(str, field.metadata["choices"]))
         meaning = field.metadata.get("help", "") + (f" ({bounds})" if bounds else "")
         shown = "(required)" if default is attrs.NOTHING else f"`{default!r}`"
         rows.append(f"| `{field.name}` | `{kind}` | {shown} | {meaning} |")

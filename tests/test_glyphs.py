@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fewmask.data.glyphs import (
+    GLYPHS_HELDOUT_PATH,
     GLYPHS_PATH,
     load_glyph_arrays,
     load_glyph_split,
@@ -163,3 +164,132 @@ def test_generator_no_fonts(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="fonts-noto-core fonts-noto-extra"):
         generate(font_dirs=[tmp_path])
+
+
+# --------------------------------------------------------------------------- held-out alphabets
+
+HELDOUT_SCRIPT_NAMES = {
+    "EGYPTIAN",
+    "CUNEIFORM",
+    "YI",
+    "TANGUT",
+    "NUSHU",
+    "LINEAR A",
+    "LINEAR B",
+    "ANATOLIAN",
+    "BAMUM",
+    "VAI",
+    "OLD PERSIAN",
+}
+
+
+@pytest.fixture(scope="module")
+def heldout() -> dict:
+    return load_glyph_arrays(GLYPHS_HELDOUT_PATH)
+
+
+def test_heldout_shapes_and_counts(heldout: dict) -> None:
+    images = heldout["images"]
+    assert images.dtype == np.uint8
+    assert images.ndim == 4 and images.shape[1:] == (20, 28, 28)
+    n = images.shape[0]
+    assert 200 <= n <= 650
+    assert heldout["class_alphabet"].shape == (n,)
+    assert heldout["class_codepoint"].shape == (n,)
+    assert heldout["class_codepoint"].dtype == np.int32
+    assert len(np.unique(heldout["class_codepoint"])) == n
+    alphabets = heldout["alphabets"].astype(str).tolist()
+    assert len(alphabets) == len(heldout["alphabet_split"]) >= 4
+    assert len(set(alphabets)) == len(alphabets)
+    assert set(alphabets) <= HELDOUT_SCRIPT_NAMES
+    counts = np.bincount(heldout["class_alphabet"], minlength=len(alphabets))
+    assert counts.min() >= 14 and counts.max() <= 55
+    assert GLYPHS_HELDOUT_PATH.stat().st_size < 3.5e6
+
+
+def test_heldout_disjoint_from_main(glyphs: dict, heldout: dict) -> None:
+    main_cps = set(glyphs["class_codepoint"].tolist())
+    held_cps = set(heldout["class_codepoint"].tolist())
+    assert not main_cps & held_cps
+    main_alphabets = set(glyphs["alphabets"].astype(str).tolist())
+    assert not main_alphabets & set(heldout["alphabets"].astype(str).tolist())
+    meta = heldout["metadata"]
+    assert meta["exclude"][0]["file"] == "glyphs.npz"
+    assert meta["heldout"]["excluded_codepoints"] == len(main_cps)
+
+
+def test_heldout_images_have_ink_and_vary(heldout: dict) -> None:
+    images = heldout["images"]
+    assert (images.reshape(*images.shape[:2], -1).max(axis=2) > 128).all(), "blank image"
+    assert (images > 64).mean(axis=(2, 3)).min() > 0.01
+    flat = images.reshape(images.shape[0], images.shape[1], -1)
+    diff = np.abs(flat[:, 1:].astype(np.int16) - flat[:, :1]).max(axis=2)
+    assert (diff.max(axis=1) > 0).all()
+    assert (diff > 0).mean() > 0.99
+
+
+def test_heldout_only_test_split(heldout: dict) -> None:
+    assert set(heldout["alphabet_split"].astype(str).tolist()) == {"test"}
+    images, cps = load_glyph_split("test", GLYPHS_HELDOUT_PATH)
+    assert images.shape == heldout["images"].shape
+    assert (cps == heldout["class_codepoint"]).all()
+    for split in ("train", "val"):
+        with pytest.raises(ValueError, match=r"glyphs_heldout\.npz.*only has a 'test' split"):
+            load_glyph_split(split, GLYPHS_HELDOUT_PATH)
+
+
+def test_heldout_same_settings_as_main(glyphs: dict, heldout: dict) -> None:
+    main_settings = glyphs["metadata"]["settings"]
+    settings = heldout["metadata"]["settings"]
+    assert settings["shift_px"] == main_settings["shift_px"]
+    assert settings["jitter"] == main_settings["jitter"]
+    assert settings["samples"] == 20
+    meta = heldout["metadata"]
+    assert meta["counts"]["classes"] == heldout["images"].shape[0]
+    assert meta["counts"]["splits"]["test"] == heldout["images"].shape[0]
+    assert meta["fonts"] and all(isinstance(v, str) for v in meta["fonts"].values())
+    alphabet_fonts = meta["heldout"]["alphabet_fonts"]
+    assert set(alphabet_fonts) == set(heldout["alphabets"].astype(str).tolist())
+    single = [a for a, f in alphabet_fonts.items() if len(f) == 1]
+    assert sorted(meta["heldout"]["single_font_alphabets"]) == sorted(single)
+
+
+def test_heldout_nn_accuracy_band(heldout: dict) -> None:
+    images, _ = load_glyph_split("test", GLYPHS_HELDOUT_PATH)
+    acc = nearest_neighbour_accuracy(images, episodes=300, seed=1)
+    assert 0.30 <= acc <= 0.70, acc
+    recorded = heldout["metadata"]["nn_5way_1shot"]["test"]
+    assert 0.30 <= recorded <= 0.70
+    assert abs(acc - recorded) < 0.06
+
+
+def test_heldout_generator_smoke(tmp_path: Path) -> None:
+    if importlib.util.find_spec("fontTools") is None:
+        pytest.skip("fontTools not installed")
+    from fewmask.data.glyphs_generate import discover_fonts, generate, heldout_script
+
+    wanted = ("NotoSansVai-Regular.ttf", "NotoSansLinearB-Regular.ttf")
+    fonts = [f for f in discover_fonts() if f.name in wanted]
+    if len(fonts) < 2:
+        pytest.skip("Noto Vai / Linear B fonts not installed (apt-get install fonts-noto-extra)")
+    exclude = {0xA500, 0xA501, 0x10000}  # VAI SYLLABLE EE, EEN; LINEAR B SYLLABLE A
+    assert heldout_script(0xA500) == "VAI" and heldout_script(0x10000) == "LINEAR B"
+    assert heldout_script(0x17000) == "TANGUT"  # unnamed in unicodedata
+    assert heldout_script(ord("A")) is None
+    arrays = generate(
+        font_paths=fonts,
+        samples=4,
+        shift=1.0,
+        min_per_alphabet=3,
+        max_per_alphabet=5,
+        processes=1,
+        heldout=True,
+        exclude_codepoints=exclude,
+    )
+    images = arrays["images"]
+    assert images.dtype == np.uint8 and images.shape == (10, 4, 28, 28)
+    assert (images.reshape(len(images), 4, -1).max(axis=2) > 128).all()
+    assert not set(arrays["class_codepoint"].tolist()) & exclude
+    assert arrays["alphabets"].tolist() == ["LINEAR B", "VAI"]
+    assert arrays["alphabet_split"].tolist() == ["test", "test"]
+    assert sorted(arrays["metadata"]["heldout"]["single_font_alphabets"]) == ["LINEAR B", "VAI"]

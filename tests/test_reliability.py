@@ -59,13 +59,25 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("reference")
     config = root / "config.yaml"
     config.write_text(CONFIG)
-    assert main(["train", str(config), "--run-dir", str(root / "run")]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
+    try:
+        assert main(["train", str(config), "--run-dir", str(root / "run")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return root / "run", config
+
+
+# the reference runs on one thread; the thread count changes floating-point sums
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def spawn(*args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "fewmask.cli", *args], stdout=subprocess.DEVNULL, stderr=stderr
+        [sys.executable, "-m", "fewmask.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env=ONE_THREAD,
     )
 
 
@@ -130,6 +142,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(reference, tmp_p
         [sys.executable, str(script), "train", str(config), "--run-dir", str(run)],
         capture_output=True,
         timeout=300,
+        env=ONE_THREAD,
     )
     assert proc.returncode == -signal.SIGKILL
     assert list(run.glob(".checkpoint.pt.*.tmp")), "the cut-short write is a temporary file"

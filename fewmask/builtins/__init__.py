@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fewmask import datasets as disk_datasets
+from fewmask.builtins import convnets
 from fewmask.builtins.backbones import MLP, MLP5Config, OmniglotMLPConfig
 from fewmask.builtins.datasets import GlyphsConfig, GlyphsSource
 from fewmask.builtins.inner import SGDInner, SGDInnerConfig
@@ -25,6 +27,8 @@ def fewmask_register(registry) -> None:
         config=MLP5Config,
         description="the paper's 5-layer MLP 3072-1024-512-256-128 with BatchNorm, for 32x32x3",
     )
+    convnets.register(registry)
+    disk_datasets.register(registry)
     registry.add_masker("dense", DenseMasker, description="no mask (MAML family)")
     registry.add_inner_optimizer(
         "sgd",

@@ -2,8 +2,10 @@
 
 The shipped file ``glyphs.npz`` (next to this module) holds rendered Unicode
 letters grouped by script ("alphabets"): ``images`` uint8 [C, 20, 28, 28],
-white ink on black. See ``docs/glyphs.md`` and
-:mod:`fewmask.data.glyphs_generate` for how it was made.
+white ink on black. ``glyphs_heldout.npz`` holds held-out alphabets (Egyptian
+hieroglyphs, Cuneiform, Yi, Tangut, ...) with no code point of the main set, all
+in the 'test' split: a cross-domain meta-test target. See ``docs/glyphs.md`` and
+:mod:`fewmask.data.glyphs_generate` for how they were made.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import numpy as np
 
 GLYPHS_PATH: Path = Path(__file__).resolve().parent / "glyphs.npz"
+# Held-out alphabets (cross-domain target); only a 'test' split.
+GLYPHS_HELDOUT_PATH: Path = Path(__file__).resolve().parent / "glyphs_heldout.npz"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _KEYS = ("images", "class_alphabet", "class_codepoint", "alphabets", "alphabet_split", "metadata")
 
@@ -50,11 +54,23 @@ def load_glyph_split(split: str, path: str | Path | None = None) -> tuple[np.nda
 
     ``images`` is uint8 [N, 20, 28, 28]; ``codepoints`` is int32 [N].
     ``split`` is one of ``'train'``, ``'val'``, ``'test'`` (split by alphabet).
+    Raises ``ValueError`` naming the file if it has no alphabet in ``split``, e.g.
+    ``load_glyph_split("train", GLYPHS_HELDOUT_PATH)``: the held-out set only has a
+    'test' split.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits are {', '.join(SPLITS)}")
-    arrays = load_glyph_arrays(path)
+    p = Path(path) if path is not None else GLYPHS_PATH
+    arrays = load_glyph_arrays(p)
     alphabet_split = np.asarray(arrays["alphabet_split"]).astype(str)
+    present = [s for s in SPLITS if s in set(alphabet_split.tolist())]
+    if split not in present:
+        only = (
+            f"a {present[0]!r} split"
+            if len(present) == 1
+            else "splits " + ", ".join(repr(s) for s in present)
+        )
+        raise ValueError(f"glyph set {p} has no {split!r} split: it only has {only}")
     keep = alphabet_split[arrays["class_alphabet"].astype(np.int64)] == split
     return arrays["images"][keep], arrays["class_codepoint"][keep]
 

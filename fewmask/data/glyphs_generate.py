@@ -10,6 +10,13 @@ Usage::
     python -m fewmask.data.glyphs_generate --out PATH.npz [--seed 0] [--samples 20]
         [--shift PX] [--font-dir DIR ...] [--sample-png PATH]
 
+Held-out alphabets (cross-domain meta-test target: the scripts in
+``HELDOUT_SCRIPTS``, every alphabet in the 'test' split, no code point of the
+``--exclude`` file, and that file's calibrated placement shift)::
+
+    python -m fewmask.data.glyphs_generate --heldout --exclude fewmask/data/glyphs.npz \
+        --out fewmask/data/glyphs_heldout.npz
+
 Needs Pillow and fontTools (imported lazily; an optional extra) plus fonts, e.g.
 ``apt-get install fonts-noto-core fonts-noto-extra``.
 
@@ -33,14 +40,14 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from fewmask.data.glyphs import nearest_neighbour_accuracy
+from fewmask.data.glyphs import load_glyph_arrays, nearest_neighbour_accuracy
 
 CANVAS = 28
 LEVELS = 32  # grey levels kept in the output (0..255 in equal steps)
@@ -61,6 +68,26 @@ EXCLUDED_SCRIPTS = frozenset(
         "MATHEMATICAL FULLWIDTH HALFWIDTH FEMININE MASCULINE SQUARED CIRCLED PARENTHESIZED "
         "BYZANTINE MUSICAL SIGNWRITING"
     ).split()
+)
+# Held-out alphabets (``--heldout``): pictographic / logographic / syllabic scripts that the
+# main set excludes or leaves out, matched as the script prefix of the character name.
+HELDOUT_SCRIPTS: tuple[str, ...] = (
+    "EGYPTIAN",  # hieroglyphs
+    "CUNEIFORM",
+    "YI",  # syllables
+    "TANGUT",
+    "NUSHU",
+    "LINEAR A",
+    "LINEAR B",
+    "ANATOLIAN",  # hieroglyphs
+    "BAMUM",
+    "VAI",
+    "OLD PERSIAN",
+)
+# Letters without a name in Python's unicodedata (algorithmic names): (first, last, script).
+UNNAMED_LETTER_RANGES: tuple[tuple[int, int, str], ...] = (
+    (0x17000, 0x187FF, "TANGUT"),  # TANGUT IDEOGRAPH-17000 ...
+    (0x18D00, 0x18D7F, "TANGUT"),  # Tangut Supplement
 )
 SKIP_FONT_WORDS = ("Emoji", "Color")
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
@@ -137,6 +164,33 @@ def letter_script(cp: int) -> str | None:
     return script
 
 
+@cache
+def heldout_script(cp: int, scripts: tuple[str, ...] = HELDOUT_SCRIPTS) -> str | None:
+    """Held-out alphabet of ``cp`` (one of ``scripts``) if it is an eligible letter, else None.
+
+    Same letter rules as :func:`letter_script` (category Lu/Ll/Lt/Lo, ``NFKD(ch) == ch``);
+    the script is the entry of ``scripts`` that the name prefix equals or starts with
+    ("LINEAR B" for "LINEAR B SYLLABLE B008 A"). Tangut ideographs, which have no name
+    in ``unicodedata``, are recognised by code point range.
+    """
+    ch = chr(cp)
+    if unicodedata.category(ch) not in LETTER_CATEGORIES:
+        return None
+    if unicodedata.normalize("NFKD", ch) != ch:
+        return None
+    name = unicodedata.name(ch, "")
+    if name:
+        prefix = script_of(name)
+        for s in scripts:
+            if prefix == s or prefix.startswith(s + " "):
+                return s
+        return None
+    for first, last, s in UNNAMED_LETTER_RANGES:
+        if first <= cp <= last and s in scripts:
+            return s
+    return None
+
+
 # --------------------------------------------------------------------------- fonts
 
 
@@ -175,7 +229,11 @@ def discover_fonts(font_dirs: Iterable[str | Path] | None = None) -> list[Path]:
     return [found[k] for k in sorted(found)]
 
 
-def _scan_font(path: str) -> tuple[str, int, int, list[int]] | None:
+def _scan_font(path: str, heldout: bool = False) -> tuple[str, int, int, list[int]] | None:
+    """(path, OS/2 weight, OS/2 width, eligible letters covered); None if unreadable.
+
+    ``heldout=True`` also keeps the letters of :data:`HELDOUT_SCRIPTS`.
+    """
     from fontTools.ttLib import TTFont  # optional dependency, imported lazily
 
     try:
@@ -188,7 +246,12 @@ def _scan_font(path: str) -> tuple[str, int, int, list[int]] | None:
         font.close()
     except Exception:
         return None
-    cps = sorted(cp for cp in cmap if cp < 0x110000 and letter_script(cp) is not None)
+    cps = sorted(
+        cp
+        for cp in cmap
+        if cp < 0x110000
+        and (letter_script(cp) is not None or (heldout and heldout_script(cp) is not None))
+    )
     return path, weight, width, cps
 
 
@@ -466,11 +529,20 @@ def generate(
     target_accuracy: float = 0.425,
     processes: int = 2,
     verbose: bool = False,
+    heldout: bool = False,
+    exclude_codepoints: Iterable[int] | None = None,
+    heldout_scripts: Sequence[str] = HELDOUT_SCRIPTS,
 ) -> dict[str, Any]:
     """Build the glyph set; returns the arrays written to the ``.npz`` (metadata as dict).
 
     ``shift=None`` calibrates the placement shift so that raw-pixel nearest-neighbour
     5-way 1-shot accuracy on the test split is closest to ``target_accuracy``.
+
+    ``heldout=True`` builds the held-out set instead: letters of ``heldout_scripts``
+    only, every alphabet that has >= ``min_per_alphabet`` letters (no class / alphabet
+    targets), all in the 'test' split. Code points in ``exclude_codepoints`` are never
+    used; in held-out mode they are also rendered as references, and held-out letters
+    that look like one of them (cosine > ``cross_script_cos``) are dropped.
     """
     try:
         import fontTools
@@ -491,7 +563,8 @@ def generate(
             f"install fonts, e.g. `{APT_HINT}`, or pass --font-dir"
         )
     _script_sizes()  # build the script table once, before worker processes fork
-    scanned = [s for s in _pool_map(_scan_font, [str(p) for p in paths], processes) if s]
+    scan = partial(_scan_font, heldout=True) if heldout else _scan_font
+    scanned = [s for s in _pool_map(scan, [str(p) for p in paths], processes) if s]
     log(f"scanned {len(scanned)} font files")
     coverage: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
     for path, weight, width, cps in scanned:
@@ -500,9 +573,36 @@ def generate(
     if not coverage:
         raise SystemExit(f"the fonts found cover no eligible letters; install `{APT_HINT}`")
 
+    exclude = frozenset(int(c) for c in (exclude_codepoints or ()))
+    hs_scripts = tuple(heldout_scripts)
+    if heldout:
+        # candidates: held-out letters, at most 8x the alphabet size per script
+        # (well-covered first, then a seeded order) to bound the reference renders
+        pool: dict[str, list[int]] = defaultdict(list)
+        for cp in sorted(coverage):
+            hs = heldout_script(cp, hs_scripts)
+            if hs is not None and cp not in exclude:
+                pool[hs].append(cp)
+        candidates: list[int] = []
+        for hs, letters in sorted(pool.items()):
+            rng = np.random.default_rng([seed, sum(map(ord, hs)), len(hs), 5])
+            keys = rng.random(len(letters))
+            ranked = sorted(
+                range(len(letters)), key=lambda i: (-min(len(coverage[letters[i]]), 8), keys[i])
+            )
+            candidates += [letters[i] for i in ranked[: 8 * max_per_alphabet]]
+        anchors = sorted(cp for cp in coverage if cp in exclude)
+        script_fn = partial(heldout_script, scripts=hs_scripts)
+    else:
+        candidates = sorted(cp for cp in coverage if cp not in exclude)
+        anchors = []
+        script_fn = letter_script
+    log(f"{len(candidates)} candidate letters, {len(anchors)} excluded letters as references")
+
     # reference rendering: the most 'regular' covering font
     ref_font: dict[str, list[int]] = defaultdict(list)
-    for cp, fonts in sorted(coverage.items()):
+    for cp in sorted(set(candidates) | set(anchors)):
+        fonts = coverage[cp]
         best = min(fonts, key=lambda f: (abs(f[1] - 400), abs(f[2] - 5), Path(f[0]).name))
         ref_font[best[0]].append(cp)
     refs = [
@@ -510,11 +610,29 @@ def generate(
         for chunk in _pool_map(_reference_task, sorted(ref_font.items()), processes)
         for r in chunk
     ]
-    refs = [(cp, v) for cp, v, extent in refs if v is not None and extent >= min_em]
-    log(f"{len(coverage)} candidate letters, {len(refs)} render at >= {min_em} em")
+    anchor_set = frozenset(anchors)
+    anchor_refs = [v for cp, v, _ in refs if cp in anchor_set and v is not None]
+    refs = [
+        (cp, v)
+        for cp, v, extent in refs
+        if cp not in anchor_set and v is not None and extent >= min_em
+    ]
+    log(f"{len(candidates)} candidate letters, {len(refs)} render at >= {min_em} em")
+    dropped_lookalike = 0
+    if anchor_refs and refs:
+        # held-out letters must not look like a letter of the excluded set
+        def unit(x: np.ndarray) -> np.ndarray:
+            x = x.reshape(len(x), -1).astype(np.float32)
+            return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
+        sims = unit(np.stack([v for _, v in refs])) @ unit(np.stack(anchor_refs)).T
+        ok = sims.max(axis=1) <= cross_script_cos
+        dropped_lookalike = int((~ok).sum())
+        refs = [r for r, k in zip(refs, ok) if k]
+        log(f"dropped {dropped_lookalike} look-alikes of excluded letters")
 
     cps = [cp for cp, _ in refs]
-    scripts = [letter_script(cp) or "" for cp in cps]
+    scripts = [script_fn(cp) or "" for cp in cps]
     vecs = np.stack([v.reshape(-1) for _, v in refs]) if refs else np.zeros((0, 576))
     per_script = defaultdict(int)
     for s in scripts:
@@ -545,15 +663,18 @@ def generate(
     selected: list[str] = []
     total = 0
     for s in ranked_scripts:
-        if total >= min_classes and len(selected) >= min_alphabets:
+        if not heldout and total >= min_classes and len(selected) >= min_alphabets:
             break
         selected.append(s)
         total += len(chosen[s])
-    if total < min_classes or len(selected) < min_alphabets:
+    if not heldout and (total < min_classes or len(selected) < min_alphabets):
         print(
             f"warning: only {total} classes in {len(selected)} alphabets available", file=sys.stderr
         )
-    split_of = assign_splits({s: len(chosen[s]) for s in selected}, seed)
+    if heldout:
+        split_of = {s: "test" for s in selected}
+    else:
+        split_of = assign_splits({s: len(chosen[s]) for s in selected}, seed)
     split_rank = {"train": 0, "val": 1, "test": 2}
     alphabets = sorted(selected, key=lambda s: (split_rank[split_of[s]], s))
     class_alphabet: list[int] = []
@@ -679,6 +800,31 @@ def generate(
         "script_heuristic": "words of the Unicode character name before the first role word "
         "(LETTER, CAPITAL, SMALL, SYLLABLE, ...)",
     }
+    if heldout:
+        alphabet_fonts = {
+            s: sorted({Path(p).name for cp in chosen[s] for p, _, _ in coverage[cp]})
+            for s in alphabets
+        }
+        metadata["description"] = (
+            "Held-out alphabets (cross-domain meta-test target) of rendered Unicode letters: "
+            "pictographic / logographic / syllabic scripts absent from the main glyph set, "
+            "alphabet = script, class = letter, white ink on black, 28x28 uint8, "
+            "every alphabet in the 'test' split"
+        )
+        metadata["settings"]["split_targets"] = {"test": "all alphabets"}
+        metadata["settings"]["heldout_scripts"] = list(hs_scripts)
+        metadata["heldout"] = {
+            "scripts_requested": list(hs_scripts),
+            "alphabet_classes": {s: int((ca == a).sum()) for a, s in enumerate(alphabets)},
+            "alphabet_fonts": alphabet_fonts,
+            "single_font_alphabets": [s for s in alphabets if len(alphabet_fonts[s]) == 1],
+            "excluded_codepoints": len(exclude),
+            "excluded_letters_rendered_as_references": len(anchor_refs),
+            "dropped_as_lookalike_of_excluded": dropped_lookalike,
+            "candidates_per_script_cap": 8 * max_per_alphabet,
+            "note": "samples vary by font file where several cover a letter (cycled), and only "
+            "by jitter in single-font alphabets",
+        }
     return {
         "images": images,
         "class_alphabet": ca,
@@ -740,15 +886,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--font-dir", action="append", default=None, help="font folder (repeatable)")
     ap.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--sample-png", default=None, help="also write a grid picture of samples")
+    ap.add_argument(
+        "--heldout",
+        action="store_true",
+        help="build the held-out alphabets (HELDOUT_SCRIPTS, all in the 'test' split) instead "
+        "of the main set; the shift defaults to the first --exclude file's calibrated shift",
+    )
+    ap.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        metavar="NPZ",
+        help="glyph .npz whose code points must not be used (repeatable)",
+    )
     args = ap.parse_args(argv)
+    exclude_cps: set[int] = set()
+    excluded: list[dict[str, Any]] = []
+    shift = args.shift
+    shift_source = "--shift" if shift is not None else "calibrated"
+    for path in args.exclude or ():
+        ex = load_glyph_arrays(path)
+        exclude_cps.update(int(c) for c in ex["class_codepoint"])
+        ex_shift = ex["metadata"].get("settings", {}).get("shift_px")
+        excluded.append(
+            {"file": Path(path).name, "classes": len(ex["class_codepoint"]), "shift_px": ex_shift}
+        )
+        if args.heldout and shift is None and ex_shift is not None:
+            shift, shift_source = float(ex_shift), f"calibrated shift of {Path(path).name}"
     arrays = generate(
         font_dirs=args.font_dir,
         seed=args.seed,
         samples=args.samples,
-        shift=args.shift,
+        shift=shift,
         processes=args.processes,
         verbose=True,
+        heldout=args.heldout,
+        exclude_codepoints=exclude_cps,
     )
+    if excluded:
+        arrays["metadata"]["exclude"] = excluded
+        arrays["metadata"]["settings"]["shift_source"] = shift_source
     save(arrays, args.out)
     if args.sample_png:
         write_sample_png(arrays, args.sample_png, seed=args.seed)
@@ -767,6 +944,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"NN 5-way 1-shot accuracy (cosine, raw pixels): test {m['nn_5way_1shot']['test']}, "
         f"all {m['nn_5way_1shot']['all']}"
     )
+    if "heldout" in m:
+        h = m["heldout"]
+        print("alphabets: " + ", ".join(f"{k} {v}" for k, v in h["alphabet_classes"].items()))
+        print("single-font alphabets: " + ", ".join(h["single_font_alphabets"]))
     return 0
 
 
