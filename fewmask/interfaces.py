@@ -29,21 +29,31 @@ Params = dict[str, Tensor]
 
 
 class Episode(NamedTuple):
-    """One few-shot task: support and query images with labels ``0..ways-1``."""
+    """One few-shot task: support and query images with labels ``0..ways-1``.
+
+    Samplers may return uint8 images (0..255, a quarter of the bytes to move); :meth:`to`
+    turns them into floats in [0, 1] on the target device.
+    """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Episode:
-        """Move the images (and cast them to ``dtype``) and the labels to ``device``."""
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Episode:
+        """Images as ``dtype`` in [0, 1] on ``device`` (uint8 ones divided by 255 there)."""
         return Episode(
-            self.support_x.to(device=device, dtype=dtype),
+            _as_float(self.support_x, device, dtype),
             self.support_y.to(device),
-            self.query_x.to(device=device, dtype=dtype),
+            _as_float(self.query_x, device, dtype),
             self.query_y.to(device),
         )
+
+
+def _as_float(images: Tensor, device: torch.device | str, dtype: torch.dtype) -> Tensor:
+    if images.dtype == torch.uint8:
+        return images.to(device, non_blocking=True).to(dtype).div_(255.0)
+    return images.to(device=device, dtype=dtype)
 
 
 @attrs.frozen(eq=False)
@@ -217,7 +227,13 @@ class EpisodeSampler(ABC):
 
     @abstractmethod
     def sample(self, dataset: FewShotDataset, generator: torch.Generator) -> Episode:
-        """One episode with float images in [0, 1], drawn with ``generator`` only."""
+        """One episode (uint8 images, or floats in [0, 1]), drawn with ``generator`` only."""
+
+    def sample_many(
+        self, dataset: FewShotDataset, generator: torch.Generator, count: int
+    ) -> list[Episode]:
+        """``count`` episodes; override to draw them in one vectorised pass."""
+        return [self.sample(dataset, generator) for _ in range(count)]
 
 
 class DatasetSource(ABC):

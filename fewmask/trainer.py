@@ -38,6 +38,7 @@ from fewmask.transforms import match_shape
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
+EVAL_CHUNK = 100  # episodes drawn per vectorised sampler call at evaluation
 
 
 class Trainer:
@@ -131,8 +132,10 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         episodes = [
-            self.sampler.sample(self.datasets["train"], self.generator).to(self.device, self.dtype)
-            for _ in range(cfg.meta_batch_size)
+            episode.to(self.device, self.dtype)
+            for episode in self.sampler.sample_many(
+                self.datasets["train"], self.generator, cfg.meta_batch_size
+            )
         ]
         stats = meta_gradient(
             self.backbone, self.masker, self.inner, self.meta_params, episodes, self.learning_rates
@@ -184,14 +187,16 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         losses, accuracies = [], []
         with Progress(episodes, f"meta-test {split}", enabled=progress) as bar:
-            for i in range(episodes):
-                episode = self.sampler.sample(dataset, generator).to(self.device, self.dtype)
-                loss, accuracy = evaluate_episode(
-                    self.backbone, self.masker, self.inner, episode, self.learning_rates
-                )
-                losses.append(loss)
-                accuracies.append(accuracy)
-                bar.update(i + 1)
+            while len(accuracies) < episodes:
+                chunk = min(EVAL_CHUNK, episodes - len(accuracies))
+                for episode in self.sampler.sample_many(dataset, generator, chunk):
+                    loss, accuracy = evaluate_episode(
+                        self.backbone, self.masker, self.inner,
+                        episode.to(self.device, self.dtype), self.learning_rates,
+                    )
+                    losses.append(loss)
+                    accuracies.append(accuracy)
+                bar.update(len(accuracies))
         return Accuracy.from_episodes(accuracies, losses)
 
     def test(self, episodes: int | None = None) -> dict[str, Any]:

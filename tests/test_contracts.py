@@ -35,9 +35,8 @@ def small_backbone(name: str, num_classes: int = 5):
 
 def episode(shape, ways=5, shots=2, queries=2):
     data = make_dataset(classes=ways, per_class=shots + queries, shape=shape)
-    return create("sampler", "episodic", {"ways": ways, "shots": shots, "queries": queries}).sample(
-        data, torch.Generator().manual_seed(0)
-    )
+    sampler = create("sampler", "episodic", {"ways": ways, "shots": shots, "queries": queries})
+    return sampler.sample(data, torch.Generator().manual_seed(0)).to("cpu")
 
 
 @pytest.mark.parametrize("name", names("backbone"))

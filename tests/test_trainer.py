@@ -121,11 +121,19 @@ def test_sampler_episodes_are_valid_and_seeded(tiny_dataset):
     assert ep.support_x.shape == (8, 1, 28, 28) and ep.query_x.shape == (12, 1, 28, 28)
     assert ep.support_y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert ep.query_y.bincount().tolist() == [3, 3, 3, 3]
-    assert 0 <= ep.support_x.min() and ep.support_x.max() <= 1
+    assert ep.support_x.dtype == torch.uint8, "images stay uint8 until Episode.to"
+    as_float = ep.to("cpu", torch.float64)
+    assert as_float.support_x.dtype == torch.float64 and float(as_float.query_x.max()) <= 1.0
+    torch.testing.assert_close(as_float.support_x * 255, ep.support_x.double())
     images = torch.cat([ep.support_x, ep.query_x]).flatten(1)
     assert len({tuple(r.tolist()) for r in images}) == 20, "no image drawn twice"
     again = sampler.sample(tiny_dataset, torch.Generator().manual_seed(1))
     assert torch.equal(again.query_x, ep.query_x)
+    many = sampler.sample_many(tiny_dataset, torch.Generator().manual_seed(1), 50)
+    again_many = sampler.sample_many(tiny_dataset, torch.Generator().manual_seed(1), 50)
+    assert all(torch.equal(a.query_x, b.query_x) for a, b in zip(many, again_many))
+    firsts = torch.stack([m.support_x[0] for m in many]).flatten(1)
+    assert len({tuple(r.tolist()) for r in firsts}) > 5, "episodes differ"
     too_many = create("sampler", "episodic", {"ways": 4, "shots": 3, "queries": 4})
     with pytest.raises(Exception, match="fewer than shots \\+ queries = 7"):
         too_many.check(tiny_dataset)

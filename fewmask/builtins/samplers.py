@@ -24,9 +24,10 @@ class EpisodicConfig:
 class EpisodicSampler(EpisodeSampler):
     """Draws classes, then images per class, with one explicit ``torch.Generator``.
 
-    Classes are drawn without replacement and labelled by their draw order (a random labelling);
-    each class contributes ``shots`` support and ``queries`` query images, all distinct.
-    Images are returned as floats in [0, 1].
+    Classes are drawn without replacement and labelled in a random order; each class contributes
+    ``shots`` support and ``queries`` query images, all distinct. Many episodes are drawn in one
+    vectorised pass (:meth:`sample_many`); images stay uint8 until ``Episode.to`` converts them
+    on the training device.
     """
 
     def __init__(self, config: EpisodicConfig):
@@ -60,17 +61,25 @@ class EpisodicSampler(EpisodeSampler):
         return self._cache[1], self._cache[2], self._cache[3]
 
     def sample(self, dataset: FewShotDataset, generator: torch.Generator) -> Episode:
+        return self.sample_many(dataset, generator, 1)[0]
+
+    def sample_many(
+        self, dataset: FewShotDataset, generator: torch.Generator, count: int
+    ) -> list[Episode]:
+        """``count`` episodes drawn in one vectorised pass; images stay uint8."""
         counts, offsets, widest = self._index(dataset)
         ways, shots, need = self.ways, self.shots, self.shots + self.queries
-        classes = torch.randperm(dataset.num_classes, generator=generator)[:ways]
-        keys = torch.rand(ways, widest, generator=generator)
-        keys.masked_fill_(torch.arange(widest) >= counts[classes, None], 2.0)
-        picks = keys.argsort(dim=1)[:, :need] + offsets[classes, None]
-        images = dataset.images[picks].float().div_(255.0)  # [ways, need, C, H, W]
+        # a uniformly random ordered subset of classes: the `ways` largest of iid uniform keys
+        classes = torch.rand(count, dataset.num_classes, generator=generator).topk(ways).indices
+        keys = torch.rand(count, ways, widest, generator=generator)
+        keys.masked_fill_(torch.arange(widest) >= counts[classes].unsqueeze(-1), 2.0)
+        picks = keys.topk(need, largest=False).indices + offsets[classes].unsqueeze(-1)
+        image_shape = dataset.images.shape[1:]
+        # index_select is several times faster than advanced indexing for uint8 gathers
+        support = dataset.images.index_select(0, picks[:, :, :shots].flatten())
+        query = dataset.images.index_select(0, picks[:, :, shots:].flatten())
+        support = support.view(count, ways * shots, *image_shape)
+        query = query.view(count, ways * (need - shots), *image_shape)
         labels = torch.arange(ways)
-        return Episode(
-            images[:, :shots].flatten(0, 1),
-            labels.repeat_interleave(shots),
-            images[:, shots:].flatten(0, 1),
-            labels.repeat_interleave(need - shots),
-        )
+        support_y, query_y = labels.repeat_interleave(shots), labels.repeat_interleave(need - shots)
+        return [Episode(support[i], support_y, query[i], query_y) for i in range(count)]
