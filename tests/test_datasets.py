@@ -526,6 +526,9 @@ def test_register_and_create_through_the_registry(cifar_root):
         "mini_imagenet",
         "image_folder",
         "fashion_mnist",
+        "aircraft",
+        "vgg_flower",
+        "cars",
     }
     source = registry.create("dataset", "fc100", {"root": str(cifar_root)})
     assert source.load("test").num_classes == 20

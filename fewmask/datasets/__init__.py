@@ -8,6 +8,7 @@ the path and showing the expected layout. Decoded splits are cached as uint8 ten
 
 from __future__ import annotations
 
+from fewmask.datasets import archives
 from fewmask.datasets.cifar import CifarFSConfig, CifarFSSource, FC100Config, FC100Source
 from fewmask.datasets.fashion_mnist import FashionMNISTConfig, FashionMNISTSource
 from fewmask.datasets.folders import ImageFolderConfig, ImageFolderSource
@@ -53,6 +54,7 @@ def register(registry) -> None:
         config=FashionMNISTConfig,
         description="Fashion-MNIST IDX files, 10 classes pooled: a cross-domain meta-test target",
     )
+    archives.register(registry)
 
 
 __all__ = [
