@@ -83,7 +83,11 @@ def test_paper_example_configs_validate_and_train_on_glyphs(config, tmp_path, ca
 
 
 def test_config_reference_is_current():
-    assert options_markdown() in (ROOT / "docs" / "config.md").read_text()
+    """Every section `fewmask options` prints for the installed components is in docs/config.md
+    (an env without some plugin, e.g. timm on torch 2.13, checks the rest)."""
+    docs = (ROOT / "docs" / "config.md").read_text()
+    for section in options_markdown().split("\n## "):
+        assert section in docs, f"docs/config.md is stale at: {section.splitlines()[0]}"
 
 
 def test_readme_starts_with_the_two_commands():
