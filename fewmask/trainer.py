@@ -92,6 +92,7 @@ class Trainer:
         self.learning_rates = inner.learning_rates(backbone)
         self.generator = torch.Generator().manual_seed(seed)
         self.iteration = 0
+        self._last_lr = self.objective.learning_rate(0, train.iterations)
         self.logger: MetricLogger = NullLogger()
 
     # ---------------------------------------------------------------- meta-training
