@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +42,19 @@ def _step(line: str) -> int | None:
         return None
 
 
+def _wait_for_a_later_second(folder: Path) -> None:
+    """TensorBoard reads event files in name order, and names start with the creation second
+    (then host and pid). A resumed run's file must sort after the files of the run it resumes,
+    or its purge of their later steps is undone; so wait, at most a second, for a new second."""
+    seconds = [
+        int(p.name.split(".")[3])
+        for p in folder.glob("events.out.tfevents.*")
+        if p.name.split(".")[3].isdigit()
+    ]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.02)
+
+
 class RunLogger:
     """TensorBoard events plus ``metrics.jsonl`` in a run directory.
 
@@ -52,6 +66,7 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
+        _wait_for_a_later_second(self.run_dir / "tensorboard")
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
         self.jsonl = self.run_dir / "metrics.jsonl"
         if resume_step is not None and self.jsonl.exists():

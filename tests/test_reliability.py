@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,19 @@ def test_interrupted_write_in_process_leaves_old_checkpoint(tmp_path, monkeypatc
         checkpoint.save_checkpoint({"iteration": 2}, tmp_path / "c.pt")
     assert load_checkpoint(tmp_path / "c.pt")["iteration"] == 1
     assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_resumed_event_file_sorts_after_the_interrupted_one(tmp_path):
+    """TensorBoard reads event files in name order (creation second, host, pid): a resume within
+    the same second as the crash, from a lower pid, must still come last."""
+    from fewmask.loggers import RunLogger
+
+    folder = tmp_path / "tensorboard"
+    folder.mkdir()
+    host = socket.gethostname()
+    crashed = folder / f"events.out.tfevents.{int(time.time())}.{host}.99999999.0"
+    crashed.write_bytes(b"")
+    logger = RunLogger(tmp_path, resume_step=5)
+    logger.close()
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[0] == crashed.name and len(names) == 2
