@@ -245,6 +245,23 @@ def _with_default_names(data: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _with_default_masker_name(data: Mapping[str, Any], registry: Registry) -> Mapping[str, Any]:
+    """``masker: {options: ...}`` without a name (e.g. from ``-o masker.options.x=1``) names the
+    objective's own masker."""
+    masker, objective = data.get("masker"), data.get("objective") or {"name": "maml"}
+    if not (
+        isinstance(masker, Mapping) and "name" not in masker and isinstance(objective, Mapping)
+    ):
+        return data
+    name = objective.get("name", "maml")
+    if not isinstance(name, str) or name not in registry.names("objective"):
+        return data
+    return {
+        **data,
+        "masker": {"name": registry.get("objective", name).cls.default_masker, **masker},
+    }
+
+
 def parse_experiment(data: Any, source: str | None = None) -> ExperimentConfig:
     """Phase 1: plain data -> :class:`ExperimentConfig` (options stay dicts)."""
     if not isinstance(data, Mapping):
@@ -270,6 +287,8 @@ def resolve_config(
     registry = registry or default_registry()
     problems: list[str] = []
     experiment: ExperimentConfig | None = None
+    if isinstance(data, Mapping):
+        data = _with_default_masker_name(data, registry)
     if isinstance(data, ExperimentConfig):
         experiment = data
     else:

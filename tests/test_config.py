@@ -146,3 +146,17 @@ def test_experiment_config_fields_all_have_help():
     for cls in (ExperimentConfig, TrainConfig):
         for field in attrs.fields(cls):
             assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
+
+
+def test_masker_options_without_a_name_go_to_the_objectives_masker():
+    resolved = resolve_config(
+        apply_overrides(
+            {**BASE, "objective": {"name": "metaticket"}}, ["masker.options.init_sparsity=0.5"]
+        )
+    )
+    info, options = resolved.components["masker"]
+    assert info.name == "metaticket" and options.init_sparsity == 0.5
+    assert any(
+        "masker 'dense' takes no options" in p
+        for p in problems(apply_overrides(BASE, ["masker.options.init_sparsity=0.5"]))
+    )
