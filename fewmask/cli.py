@@ -140,11 +140,14 @@ def _cmd_test(args: argparse.Namespace) -> int:
     target = match_shape(target, trainer.datasets["train"].image_shape)
     trainer.sampler.check(target)
     episodes = args.episodes or trainer.train_config.test_episodes
-    result = trainer.evaluate("test", episodes, dataset=target,
-                              progress=trainer.train_config.progress)
-    print(f"meta-test on {target.name} ({trainer.sampler.ways}-way {trainer.sampler.shots}-shot, "
-          f"{result.episodes} episodes, iteration {trainer.iteration}): "
-          f"accuracy {100 * result.mean:.2f} +- {100 * result.ci95:.2f} % (95% CI)")
+    result = trainer.evaluate(
+        "test", episodes, dataset=target, progress=trainer.train_config.progress
+    )
+    print(
+        f"meta-test on {target.name} ({trainer.sampler.ways}-way {trainer.sampler.shots}-shot, "
+        f"{result.episodes} episodes, iteration {trainer.iteration}): "
+        f"accuracy {100 * result.mean:.2f} +- {100 * result.ci95:.2f} % (95% CI)"
+    )
     return 0
 
 
@@ -157,11 +160,14 @@ def _print_results(results: dict, run_dir: Path | None) -> None:
     )
     cross = results.get("cross_domain", {})
     for label, other in cross.items():
-        print(f"meta-test on {label}: accuracy {100 * other['accuracy']:.2f} "
-              f"+- {100 * other['ci95']:.2f} % (95% CI)")
+        print(
+            f"meta-test on {label}: accuracy {100 * other['accuracy']:.2f} "
+            f"+- {100 * other['ci95']:.2f} % (95% CI)"
+        )
     if cross:
         cells = [f"{100 * results['accuracy']:.2f} +- {100 * results['ci95']:.2f}"] + [
-            f"{100 * o['accuracy']:.2f} +- {100 * o['ci95']:.2f}" for o in cross.values()]
+            f"{100 * o['accuracy']:.2f} +- {100 * o['ci95']:.2f}" for o in cross.values()
+        ]
         print("| " + " | ".join(["own test split", *cross]) + " |")
         print("| " + " | ".join(cells) + " |")
     if run_dir is not None:
@@ -210,8 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="episode seed (default: the run's)")
     p.add_argument("--dataset", help="meta-test on this dataset's test split (cross-domain)")
     p.add_argument("--root", help="root folder of --dataset (sets its `root` option)")
-    p.add_argument("--dataset-options", metavar="YAML",
-                   help="options of --dataset as a YAML mapping, e.g. '{set: heldout}'")
+    p.add_argument(
+        "--dataset-options",
+        metavar="YAML",
+        help="options of --dataset as a YAML mapping, e.g. '{set: heldout}'",
+    )
     p.add_argument("-o", "--override", **override)
     p.set_defaults(func=_cmd_test)
     return parser

@@ -246,16 +246,18 @@ def _with_default_names(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _with_default_masker_name(data: Mapping[str, Any], registry: Registry) -> Mapping[str, Any]:
-    """``masker: {options: ...}`` without a name (e.g. from ``-o masker.options.x=1``) names the
-    objective's own masker."""
-    masker, objective = data.get("masker"), data.get("objective") or {"name": "maml"}
+    """A masker given without a name (omitted, or only ``options``, e.g. from
+    ``-o masker.options.x=1``) is the objective's own masker (``MetaObjective.default_masker``)."""
+    masker = data.get("masker") or {}
+    default_objective = attrs.fields(ExperimentConfig).objective.default.factory().name
+    objective = data.get("objective") or {"name": default_objective}
     if not (
         isinstance(masker, Mapping) and "name" not in masker and isinstance(objective, Mapping)
     ):
         return data
-    name = objective.get("name", "maml")
+    name = objective.get("name")
     if not isinstance(name, str) or name not in registry.names("objective"):
-        return data
+        return data  # the unknown objective is reported; the masker stays unresolved
     return {
         **data,
         "masker": {"name": registry.get("objective", name).cls.default_masker, **masker},
@@ -287,15 +289,14 @@ def resolve_config(
     registry = registry or default_registry()
     problems: list[str] = []
     experiment: ExperimentConfig | None = None
+    if isinstance(data, ExperimentConfig):
+        data = unstructure(data)
     if isinstance(data, Mapping):
         data = _with_default_masker_name(data, registry)
-    if isinstance(data, ExperimentConfig):
-        experiment = data
-    else:
-        try:
-            experiment = parse_experiment(data, source)
-        except ConfigError as exc:
-            problems += exc.problems
+    try:
+        experiment = parse_experiment(data, source)
+    except ConfigError as exc:
+        problems += exc.problems
     if experiment is not None:
         raw = unstructure(experiment)
     else:
@@ -304,8 +305,6 @@ def resolve_config(
     if problems:
         raise ConfigError(problems, source)
     assert experiment is not None
-    if experiment.masker is None:
-        experiment = attrs.evolve(experiment, masker=ComponentRef(components["masker"][0].name))
     return ResolvedConfig(experiment, components)
 
 
@@ -321,11 +320,6 @@ def _resolve_components(
     for field, ref in refs.items():
         if ref is None and isinstance(defaults[field], attrs.Factory):
             refs[field] = {"name": defaults[field].factory().name}
-    objective = refs["objective"]
-    if refs["masker"] is None and isinstance(objective, Mapping):
-        name = objective.get("name")
-        if isinstance(name, str) and name in registry.names("objective"):
-            refs["masker"] = {"name": registry.get("objective", name).cls.default_masker}
     components: dict[str, tuple[ComponentInfo, Any]] = {}
     extra = raw.get("test_datasets")
     for i, ref in enumerate(extra if isinstance(extra, list) else []):

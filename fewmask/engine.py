@@ -102,16 +102,23 @@ def meta_gradient(
     return TaskStats(torch.stack(losses).mean().item(), torch.stack(accuracies).mean().item())
 
 
+def frozen_masks(masker: Masker) -> Params:
+    """The masker's current masks, detached: constant for evaluation (compute once, reuse)."""
+    with torch.no_grad():
+        return {n: m.detach() for n, m in masker.masks().items()}
+
+
 def evaluate_episode(
     backbone: Backbone,
-    masker: Masker,
+    masks: Params,
     inner: InnerOptimizer,
     episode: Episode,
     learning_rates: Mapping[str, float],
 ) -> tuple[float, float]:
-    """Query (loss, accuracy) after adapting with ``inner.test_steps``; no meta-gradient."""
-    with torch.no_grad():
-        masks = {n: m.detach() for n, m in masker.masks().items()}
+    """Query (loss, accuracy) after adapting with ``inner.test_steps``; no meta-gradient.
+
+    ``masks`` come from :func:`frozen_masks` (they do not change during evaluation).
+    """
     params = {n: p.detach().requires_grad_() for n, p in backbone.named_parameters()}
     fast = adapt(
         backbone,

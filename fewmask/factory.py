@@ -55,7 +55,7 @@ def build_trainer(
 
     def build(field: str, **kwargs: Any) -> Any:
         info, options = parts[field]
-        return info.cls(options, **kwargs) if info.config_cls is not None else info.cls(**kwargs)
+        return info.build(options, **kwargs)
 
     torch.manual_seed(experiment.seed)
     # cheap components first, so their construction errors come before any data is read
@@ -71,8 +71,16 @@ def build_trainer(
             label = cross_domain_label(parts[field][0].name, parts[field][1], cross_domain)
             cross_domain[label] = build(field).load("test")
     return Trainer(
-        backbone, masker, inner, objective, sampler, datasets, experiment.train,
-        seed=experiment.seed, run_dir=experiment.run_dir, config=plain_config(resolved),
+        backbone,
+        masker,
+        inner,
+        objective,
+        sampler,
+        datasets,
+        experiment.train,
+        seed=experiment.seed,
+        run_dir=experiment.run_dir,
+        config=plain_config(resolved),
         cross_domain=cross_domain,
     )
 

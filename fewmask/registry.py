@@ -50,6 +50,10 @@ class ComponentInfo:
     description: str
     provider: Provider
 
+    def build(self, config: Any, **kwargs: Any) -> Any:
+        """The component: ``cls(config, **kwargs)``, or ``cls(**kwargs)`` if it takes no config."""
+        return self.cls(config, **kwargs) if self.config_cls is not None else self.cls(**kwargs)
+
 
 def _check_component(kind: str, name: str, cls: Any, config: Any) -> None:
     base = COMPONENT_KINDS[kind]
@@ -141,7 +145,7 @@ class Registry:
         config = options
         if info.config_cls is not None and not isinstance(options, info.config_cls):
             config = structure_options(info, options or {}, path=f"$.{kind}.options")
-        return info.cls(config, **kwargs) if info.config_cls is not None else info.cls(**kwargs)
+        return info.build(config, **kwargs)
 
 
 class ScopedRegistry:

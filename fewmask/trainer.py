@@ -21,7 +21,7 @@ import torch
 
 from fewmask.checkpoint import load_checkpoint, save_checkpoint
 from fewmask.config import TrainConfig, converter
-from fewmask.engine import evaluate_episode, meta_gradient
+from fewmask.engine import evaluate_episode, frozen_masks, meta_gradient
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
 from fewmask.interfaces import (
     Backbone,
@@ -154,6 +154,9 @@ class Trainer:
                 f"meta-training loss is {loss} at iteration {it}; the last good checkpoint "
                 f"is kept{f' in {self.run_dir}' if self.run_dir else ''}"
             )
+        grads = [p.grad for p in self.meta_params.values() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return  # one device sync per iteration; find the culprit only when something is off
         for name, param in self.meta_params.items():
             if param.grad is not None and not torch.isfinite(param.grad).all():
                 raise NonFiniteError(
@@ -186,14 +189,18 @@ class Trainer:
         """Mean query accuracy after ``inner.test_steps`` on ``episodes`` seeded episodes."""
         dataset = dataset or self.datasets[split]
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        masks = frozen_masks(self.masker)
         losses, accuracies = [], []
         with Progress(episodes, f"meta-test {split}", enabled=progress) as bar:
             while len(accuracies) < episodes:
                 chunk = min(EVAL_CHUNK, episodes - len(accuracies))
                 for episode in self.sampler.sample_many(dataset, generator, chunk):
                     loss, accuracy = evaluate_episode(
-                        self.backbone, self.masker, self.inner,
-                        episode.to(self.device, self.dtype), self.learning_rates,
+                        self.backbone,
+                        masks,
+                        self.inner,
+                        episode.to(self.device, self.dtype),
+                        self.learning_rates,
                     )
                     losses.append(loss)
                     accuracies.append(accuracy)
@@ -222,10 +229,14 @@ class Trainer:
         if self.cross_domain:
             results["cross_domain"] = {}
         for label, dataset in self.cross_domain.items():
-            other = self.evaluate(label, episodes, dataset=dataset,
-                                  progress=self.train_config.progress)
-            results["cross_domain"][label] = {"accuracy": other.mean, "ci95": other.ci95,
-                                              "episodes": other.episodes}
+            other = self.evaluate(
+                label, episodes, dataset=dataset, progress=self.train_config.progress
+            )
+            results["cross_domain"][label] = {
+                "accuracy": other.mean,
+                "ci95": other.ci95,
+                "episodes": other.episodes,
+            }
         if self.run_dir is not None:
             (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         return results

@@ -32,8 +32,13 @@ def match_shape(dataset: FewShotDataset, shape: tuple[int, int, int]) -> FewShot
         elif have == 3 and channels == 1:
             x = x.mean(dim=1, keepdim=True)
         if x.shape[2:] != (height, width):
-            x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+            )
         out.append(x.round_().clamp_(0, 255).to(torch.uint8))
-    return FewShotDataset(torch.cat(out), dataset.labels, dataset.class_names,
-                          f"{dataset.name} as {channels}x{height}x{width}")
+    return FewShotDataset(
+        torch.cat(out),
+        dataset.labels,
+        dataset.class_names,
+        f"{dataset.name} as {channels}x{height}x{width}",
+    )

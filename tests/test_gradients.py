@@ -63,6 +63,16 @@ def directional_fd(fn, point: dict, direction: dict, h=1e-6) -> float:
     return ((fn(plus) - fn(minus)) / (2 * h)).item()
 
 
+def assert_agrees_with_finite_differences(fn, point: dict, grads: dict, seed: int) -> None:
+    """``grads`` . v equals the central difference of ``fn`` along 3 random directions v."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        direction = {n: torch.randn(t.shape, generator=g, dtype=t.dtype) for n, t in point.items()}
+        fd = directional_fd(fn, point, direction)
+        analytic = sum((grads[n] * direction[n]).sum() for n in grads).item()
+        assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
 @pytest.mark.parametrize("first_order", [False, True])
 def test_maml_meta_gradient_matches_reference_and_finite_differences(first_order):
     backbone, masker, inner = build("dense", first_order)
@@ -77,14 +87,9 @@ def test_maml_meta_gradient_matches_reference_and_finite_differences(first_order
         torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
 
     if not first_order:  # the first-order gradient is not the derivative of the loss
-        g = torch.Generator().manual_seed(3)
-        for _ in range(3):
-            direction = {
-                n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()
-            }
-            fd = directional_fd(lambda p: reference_loss(p, None, eps), params, direction)
-            analytic = sum((got[n] * direction[n]).sum() for n in got).item()
-            assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-9)
+        assert_agrees_with_finite_differences(
+            lambda p: reference_loss(p, None, eps), params, got, seed=3
+        )
 
 
 def test_metaticket_score_gradient_matches_reference_and_finite_differences():
@@ -105,12 +110,9 @@ def test_metaticket_score_gradient_matches_reference_and_finite_differences():
         torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
         assert got[name][binary[name] == 0].abs().sum() > 0, "pruned entries get score gradients"
 
-    g = torch.Generator().manual_seed(5)
-    for _ in range(3):
-        direction = {n: torch.randn(m.shape, generator=g, dtype=m.dtype) for n, m in binary.items()}
-        fd = directional_fd(lambda m: reference_loss(params, m, eps), binary, direction)
-        analytic = sum((got[n] * direction[n]).sum() for n in got).item()
-        assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-9)
+    assert_agrees_with_finite_differences(
+        lambda m: reference_loss(params, m, eps), binary, got, seed=5
+    )
 
 
 def test_metaticket_inner_loop_never_moves_pruned_weights():

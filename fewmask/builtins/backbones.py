@@ -38,6 +38,18 @@ class MLP5Config(OmniglotMLPConfig):
     hidden: tuple[int, ...] = _hidden_sizes((1024, 512, 256, 128))
 
 
+class LinearHeadBackbone(Backbone):
+    """A backbone whose head is the Linear module ``self.classifier`` (all built-in ones)."""
+
+    classifier: nn.Linear
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.classifier(features)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+
 class LinearBlock(nn.Module):
     """Linear -> (BatchNorm1d) -> ReLU; BatchNorm always uses the current batch's statistics."""
 
@@ -54,7 +66,7 @@ class LinearBlock(nn.Module):
         return torch.relu(self.normalize(self.linear(x)))
 
 
-class MLP(Backbone):
+class MLP(LinearHeadBackbone):
     """A fully connected classifier: flatten, hidden :class:`LinearBlock` s, Linear head."""
 
     def __init__(self, config: OmniglotMLPConfig, input_shape: tuple[int, ...], num_classes: int):
@@ -77,12 +89,6 @@ class MLP(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.classifier(features)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def maskable_parameter_names(self) -> list[str]:
         return [

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewmask.builtins.backbones import LinearHeadBackbone
 from fewmask.config import option
 from fewmask.errors import ConfigError
-from fewmask.interfaces import Backbone
 
 OPTIONS = "$.backbone.options"
 
@@ -76,7 +76,7 @@ class ConvBlock(nn.Module):
         return F.max_pool2d(torch.relu(self.normalize(self.conv(x))), 2)
 
 
-class Conv4(Backbone):
+class Conv4(LinearHeadBackbone):
     """Four :class:`ConvBlock` s, flatten, Linear head (features 64 x 5 x 5 = 1600 at 84x84).
 
     Conv weights are kaiming-normal (fan-in, ReLU) with zero biases (which the following
@@ -103,12 +103,6 @@ class Conv4(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return torch.flatten(self.features(x), 1)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.classifier(features)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def maskable_parameter_names(self) -> list[str]:
         return [f"features.{i}.conv.weight" for i in range(len(self.features))]
@@ -155,7 +149,7 @@ class ResidualBlock(nn.Module):
         return F.max_pool2d(out, 2)
 
 
-class ResNet12(Backbone):
+class ResNet12(LinearHeadBackbone):
     """ResNet-12 as in BOIL / MetaOptNet: stages ``layer1..layer4`` of one
     :class:`ResidualBlock` each, global average pool, Linear head ``classifier``.
 
@@ -195,12 +189,6 @@ class ResNet12(Backbone):
         for stage in self.stages():
             x = stage(x)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.classifier(features)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def maskable_parameter_names(self) -> list[str]:
         return [
@@ -270,7 +258,7 @@ class WideResNetBody(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
-class WideResNet(Backbone):
+class WideResNet(LinearHeadBackbone):
     """WRN-depth-k (pre-activation, FEAT / learn2learn layout): body ``features``, Linear head
     ``classifier``; PyTorch's default init everywhere.
 
@@ -304,12 +292,6 @@ class WideResNet(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.classifier(features)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def maskable_parameter_names(self) -> list[str]:
         names = ["features.conv1.weight"]
