@@ -2,6 +2,9 @@
 
 Exit status: 0 success, 2 bad configuration or usage, 1 any other fewmask error (data, checkpoint,
 plugin, non-finite loss). Errors are one clear message, never a traceback.
+
+``train`` and ``test`` also run under ``torchrun`` (see docs/distributed.md): every rank trains,
+rank 0 alone prints and writes the run directory.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fewmask import distributed
 from fewmask.config import dump_config, read_config_file
 from fewmask.errors import ConfigError, FewmaskError, UnknownComponentError
 from fewmask.trainer import CHECKPOINT, RESULTS
@@ -91,7 +95,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = build_trainer(data, overrides)
         if (run_dir / CHECKPOINT).is_file():
             trainer.resume()
-            print(f"resuming {run_dir} at iteration {trainer.iteration}", file=sys.stderr)
+            if distributed.is_main():
+                print(f"resuming {run_dir} at iteration {trainer.iteration}", file=sys.stderr)
     else:
         if not args.config:
             raise ConfigError(
@@ -108,10 +113,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     "or pass --force"
                 ]
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(trainer.config, run_dir / CONFIG_FILE)
+        if distributed.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(trainer.config, run_dir / CONFIG_FILE)
     results = trainer.fit()
-    _print_results(results, trainer.run_dir)
+    if distributed.is_main():
+        _print_results(results, trainer.run_dir)
     return 0
 
 
@@ -129,7 +136,9 @@ def _cmd_test(args: argparse.Namespace) -> int:
     trainer = build_trainer(read_config_file(run_dir / CONFIG_FILE), overrides)
     trainer.resume()
     if args.dataset is None:
-        _print_results(trainer.test(args.episodes), run_dir)
+        results = trainer.test(args.episodes)
+        if distributed.is_main():
+            _print_results(results, run_dir)
         return 0
     options = parse_value(args.dataset_options) if args.dataset_options else {}
     if not isinstance(options, dict):
@@ -143,6 +152,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
     result = trainer.evaluate(
         "test", episodes, dataset=target, progress=trainer.train_config.progress
     )
+    if not distributed.is_main():
+        return 0
     print(
         f"meta-test on {target.name} ({trainer.sampler.ways}-way {trainer.sampler.shots}-shot, "
         f"{result.episodes} episodes, iteration {trainer.iteration}): "
@@ -242,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fewmask: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    finally:
+        distributed.destroy()  # under torchrun; a no-op otherwise
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ Compose it from Python objects::
 
 or from a config with :func:`fewmask.factory.build_trainer`. The Trainer attaches the masker to
 the backbone, so pass a fresh (unattached) masker.
+
+Under ``torchrun`` the Trainer joins the process group and splits each meta-batch's tasks across
+the ranks (:mod:`fewmask.distributed`); rank 0 alone logs, prints and writes files.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fewmask import distributed
 from fewmask.checkpoint import load_checkpoint, save_checkpoint
 from fewmask.config import TrainConfig, converter
 from fewmask.engine import evaluate_episode, frozen_masks, meta_gradient
@@ -60,7 +64,7 @@ class Trainer:
         cross_domain: Mapping[str, FewShotDataset] | None = None,
     ):
         self.train_config = train = train or TrainConfig()
-        self.device = torch.device(train.device)
+        self.device = distributed.setup(train.device)  # cuda:LOCAL_RANK under torchrun
         self.dtype = getattr(torch, train.dtype)
         self.backbone, self.masker, self.inner = backbone, masker, inner
         self.objective, self.sampler, self.datasets = objective, sampler, dict(datasets)
@@ -94,6 +98,7 @@ class Trainer:
         self.iteration = 0
         self._last_lr = self.objective.learning_rate(0, train.iterations)
         self.logger: MetricLogger = NullLogger()
+        self._sync_ranks()
 
     # ---------------------------------------------------------------- meta-training
     def fit(self) -> dict[str, Any]:
@@ -101,7 +106,8 @@ class Trainer:
         cfg = self.train_config
         self._open_logger()
         try:
-            with Progress(cfg.iterations, "meta-train", self.iteration, cfg.progress) as bar:
+            show = cfg.progress and distributed.is_main()
+            with Progress(cfg.iterations, "meta-train", self.iteration, show) as bar:
                 while self.iteration < cfg.iterations:
                     loss, accuracy = self.train_step()
                     it = self.iteration  # iterations done
@@ -126,27 +132,41 @@ class Trainer:
         return results
 
     def train_step(self) -> tuple[float, float]:
-        """One outer iteration: lr for this iteration, B tasks, meta-gradient, update."""
+        """One outer iteration: lr for this iteration, B tasks, meta-gradient, update.
+
+        Every rank draws all B tasks (so the episode stream is the same everywhere) and
+        differentiates its share; the reduced gradient is the mean over all B tasks.
+        """
         it, cfg = self.iteration, self.train_config
         lr = self.objective.learning_rate(it, cfg.iterations)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        episodes = [
-            episode.to(self.device, self.dtype)
-            for episode in self.sampler.sample_many(
-                self.datasets["train"], self.generator, cfg.meta_batch_size
-            )
-        ]
-        stats = meta_gradient(
-            self.backbone, self.masker, self.inner, self.meta_params, episodes, self.learning_rates
+        batch = self.sampler.sample_many(
+            self.datasets["train"], self.generator, cfg.meta_batch_size
         )
-        self._check_finite(it, stats.loss)
+        mine = [batch[i].to(self.device, self.dtype) for i in distributed.share(len(batch))]
+        loss = accuracy = 0.0
+        if mine:  # a rank may have no task when B < world size
+            with distributed.isolated_rng(self.device):
+                stats = meta_gradient(
+                    self.backbone,
+                    self.masker,
+                    self.inner,
+                    self.meta_params,
+                    mine,
+                    self.learning_rates,
+                )
+            loss, accuracy = stats.loss, stats.accuracy
+        loss, accuracy = distributed.reduce_meta_gradients(
+            self.meta_params.values(), loss, accuracy, len(mine), len(batch)
+        )
+        self._check_finite(it, loss)  # the same verdict on every rank
         self.optimizer.step()
         self.masker.on_outer_step(it, self.backbone)
         self.iteration = it + 1
         self._last_lr = lr
-        return stats.loss, stats.accuracy
+        return loss, accuracy
 
     def _check_finite(self, it: int, loss: float) -> None:
         if not math.isfinite(loss):
@@ -165,6 +185,8 @@ class Trainer:
                 )
 
     def _log_train(self, it: int, loss: float, accuracy: float) -> None:
+        if not distributed.is_main():
+            return
         self.logger.scalar("train/loss", loss, it)
         self.logger.scalar("train/accuracy", accuracy, it)
         self.logger.scalar("train/lr", self._last_lr, it)
@@ -186,25 +208,36 @@ class Trainer:
         dataset: FewShotDataset | None = None,
         progress: bool = False,
     ) -> Accuracy:
-        """Mean query accuracy after ``inner.test_steps`` on ``episodes`` seeded episodes."""
+        """Mean query accuracy after ``inner.test_steps`` on ``episodes`` seeded episodes.
+
+        Under torchrun every rank must call it: each evaluates its share of every chunk, and
+        the per-episode results are gathered in order, so all ranks return the one-process value.
+        """
         dataset = dataset or self.datasets[split]
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         masks = frozen_masks(self.masker)
-        losses, accuracies = [], []
-        with Progress(episodes, f"meta-test {split}", enabled=progress) as bar:
-            while len(accuracies) < episodes:
-                chunk = min(EVAL_CHUNK, episodes - len(accuracies))
-                for episode in self.sampler.sample_many(dataset, generator, chunk):
-                    loss, accuracy = evaluate_episode(
-                        self.backbone,
-                        masks,
-                        self.inner,
-                        episode.to(self.device, self.dtype),
-                        self.learning_rates,
+        rows = torch.zeros(episodes, 2, dtype=torch.float64)  # (loss, accuracy) per episode
+        done = 0
+        show = progress and distributed.is_main()
+        with Progress(episodes, f"meta-test {split}", enabled=show) as bar:
+            while done < episodes:
+                chunk = self.sampler.sample_many(
+                    dataset, generator, min(EVAL_CHUNK, episodes - done)
+                )
+                for i in distributed.share(len(chunk)):
+                    rows[done + i] = torch.tensor(
+                        evaluate_episode(
+                            self.backbone,
+                            masks,
+                            self.inner,
+                            chunk[i].to(self.device, self.dtype),
+                            self.learning_rates,
+                        ),
+                        dtype=torch.float64,
                     )
-                    losses.append(loss)
-                    accuracies.append(accuracy)
-                bar.update(len(accuracies))
+                done += len(chunk)
+                bar.update(done)
+        losses, accuracies = distributed.sum_over_ranks(rows).T.tolist()
         return Accuracy.from_episodes(accuracies, losses)
 
     def test(self, episodes: int | None = None) -> dict[str, Any]:
@@ -237,7 +270,7 @@ class Trainer:
                 "ci95": other.ci95,
                 "episodes": other.episodes,
             }
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main():
             (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         return results
 
@@ -265,11 +298,39 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._sync_ranks()  # e.g. rank 0's own GPU stream continues on every rank's GPU
+
+    def _sync_ranks(self) -> None:
+        """Under torchrun: every rank continues from rank 0's model, seed and random streams
+        (the same seed gives the same ones anyway; this makes it so whatever the caller did)."""
+        if distributed.world_size() == 1:
+            return
+        tensors = [*self.backbone.state_dict().values(), *self.masker.state_dict().values()]
+        distributed.broadcast_tensors(t for t in tensors if isinstance(t, torch.Tensor))
+        cuda = self.device.type == "cuda"
+        self.seed, generator, cpu_rng, cuda_rng = distributed.broadcast_object(
+            (
+                self.seed,
+                self.generator.get_state(),
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state(self.device) if cuda else None,
+            )
+        )
+        self.generator.set_state(generator)
+        torch.set_rng_state(cpu_rng)
+        if cuda:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the checkpoint atomically (default: ``RUN_DIR/checkpoint.pt``)."""
+        """Write the checkpoint atomically (default: ``RUN_DIR/checkpoint.pt``).
+
+        Under torchrun every rank calls it and returns once rank 0 (all ranks hold the same
+        state) has written the file.
+        """
         target = Path(path) if path else self._require_run_dir() / CHECKPOINT
-        save_checkpoint(self.state_dict(), target)
+        if distributed.is_main():
+            save_checkpoint(self.state_dict(), target)
+        distributed.barrier()
         return target
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -285,7 +346,7 @@ class Trainer:
         return self.run_dir
 
     def _open_logger(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not distributed.is_main():
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # drop whatever an earlier process logged after the point this one starts from
