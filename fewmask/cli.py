@@ -162,6 +162,29 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    import shutil
+
+    from fewmask.config import apply_overrides
+    from fewmask.experiments import run_experiment
+
+    try:
+        settings = apply_overrides({}, args.setting)
+    except ConfigError as exc:
+        raise ConfigError([p.replace("-o ", "-x ", 1) for p in exc.problems]) from None
+    out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
+    if args.force and out.exists():
+        if not (out / "runs").is_dir() and any(out.iterdir()):
+            raise ConfigError([f"--force: {out} does not look like an experiment folder"])
+        shutil.rmtree(out)
+    run_experiment(args.name, args.config, args.override, settings, out, progress=args.progress)
+    for table in sorted(out.glob("*.md")):
+        print(f"## {table.stem}\n\n{table.read_text()}")
+    outputs = sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".md", ".png"))
+    print(f"outputs in {out}: {', '.join(outputs)}; TensorBoard: tensorboard --logdir {out}")
+    return 0
+
+
 def _print_results(results: dict, run_dir: Path | None) -> None:
     print(
         f"meta-test {results['ways']}-way {results['shots']}-shot ({results['split']} split, "
@@ -234,6 +257,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--override", **override)
     p.set_defaults(func=_cmd_test)
+
+    from fewmask.experiments import EXPERIMENTS
+
+    p = sub.add_parser(
+        "experiment",
+        help="run one of the paper's experiments over a base config",
+        description="Experiments: "
+        + "; ".join(f"{i.name}: {i.description}" for i in EXPERIMENTS.values()),
+    )
+    p.add_argument("name", choices=sorted(EXPERIMENTS), metavar="NAME", help="experiment to run")
+    p.add_argument("config", help="the base run config (YAML, TOML or JSON)")
+    p.add_argument("-o", "--override", **override)
+    p.add_argument(
+        "-x",
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an experiment setting, e.g. -x widths=[1,2] (see docs/experiments.md)",
+    )
+    p.add_argument("--out", help="output folder (default: runs/experiments/NAME)")
+    p.add_argument("--force", action="store_true", help="delete the output folder and start over")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=_cmd_experiment)
     return parser
 
 

@@ -98,3 +98,36 @@ def test_readme_starts_with_the_two_commands():
     assert block[1].endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert block[1].split(" && ")[1] in ci and "python -m pytest" in ci
+
+
+TINY_SETTINGS = {  # appended after a documented command's own settings: later ones win
+    "width-sweep": ["widths=[0.05]", "ways=[5]", "shots=[1]"],
+    "constant-weights": ["seeds=[1]"],
+    "task-gradient": ["inner_lrs=[0.4]", "smooth=1"],
+    "cross-domain": ["methods=[maml,metaticket_boil]", "seeds=[1]"],
+    "mask-pictures": ["units=4"],
+}
+
+
+def documented_experiment_commands():
+    """Every `fewmask experiment NAME CONFIG` line in examples/experiments/ and docs/, once."""
+    sources = [*sorted((ROOT / "examples" / "experiments").glob("*.yaml")), *DOCS]
+    seen = set()
+    for path in sources:
+        text = path.read_text().replace("\\\n", " ")
+        for match in re.finditer(r"fewmask experiment ([a-z-]+) +(examples/\S+\.yaml)", text):
+            if match.group(0) not in seen:  # (its own -x/-o are not taken: tiny ones are)
+                seen.add(match.group(0))
+                yield pytest.param(match.group(1), match.group(2), id=f"{path.name}:{match[1]}")
+
+
+@pytest.mark.parametrize("name, config", list(documented_experiment_commands()))
+def test_documented_experiment_commands_run_at_tiny_size(name, config, tmp_path, capsys):
+    overrides = ["backbone.options.width=0.05", "train.meta_batch_size=2", *TINY]
+    overrides += ["train.val_episodes=0", "train.test_episodes=5"]
+    args = ["experiment", name, str(ROOT / config), "--out", str(tmp_path), "--no-progress"]
+    args += [x for o in overrides for x in ("-o", o)]
+    args += [x for s in TINY_SETTINGS[name] for x in ("-x", s)]
+    assert main(args) == 0
+    assert list(tmp_path.glob("*.csv")) and list(tmp_path.glob("*.png"))
+    assert "outputs in" in capsys.readouterr().out

@@ -29,6 +29,9 @@ class OmniglotMLPConfig:
     width: float = option(1.0, gt=0, help="width factor: each hidden size becomes int(size*width)")
     bn_eps: float = option(1e-3, gt=0, help="BatchNorm epsilon")
     batch_norm: bool = option(True, help="BatchNorm after every hidden Linear")
+    mask_head: bool = option(
+        False, help="let maskers prune the classifier weight too (the constant-weight experiment)"
+    )
 
 
 @attrs.frozen
@@ -91,8 +94,9 @@ class MLP(LinearHeadBackbone):
         return self.features(x)
 
     def maskable_parameter_names(self) -> list[str]:
-        return [
+        hidden = [
             f"features.{i}.linear.weight"
             for i, block in enumerate(self.features)
             if isinstance(block, LinearBlock)
         ]
+        return hidden + (["classifier.weight"] if self.config.mask_head else [])

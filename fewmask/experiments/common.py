@@ -1,0 +1,254 @@
+"""What every experiment shares: settings, variant runs, result tables, TensorBoard output.
+
+An experiment starts from one ordinary run config (the *base*: dataset, backbone, sampler, inner
+loop, schedule) and runs *variants* of it, each an ordinary fewmask run in
+``OUT/runs/<variant>/``. A variant whose ``results.json`` exists is reused, one with only a
+checkpoint is resumed, so an interrupted experiment continues where it stopped. Every variant's
+config is validated before the first one starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from cattrs.errors import ClassValidationError, IterableValidationError
+
+from fewmask.config import (
+    _render,
+    check_values,
+    converter,
+    dump_config,
+    plain_config,
+    read_config_file,
+    resolve_config,
+)
+from fewmask.errors import ConfigError
+from fewmask.trainer import CHECKPOINT, RESULTS, Trainer
+
+SETTINGS_PATH = "$.experiment"
+VARIANT_CONFIG = "config.yaml"
+
+
+@attrs.frozen
+class ExperimentInfo:
+    """One registered experiment: its settings class and the function that runs it."""
+
+    name: str
+    settings_cls: type
+    run: Callable[[Experiment, Any], list[dict[str, Any]]]
+    description: str
+
+
+EXPERIMENTS: dict[str, ExperimentInfo] = {}
+
+
+def register(name: str, settings_cls: type, description: str):
+    """Decorator: add ``run(experiment, settings) -> rows`` to :data:`EXPERIMENTS`."""
+
+    def add(run: Callable[[Experiment, Any], list[dict[str, Any]]]):
+        EXPERIMENTS[name] = ExperimentInfo(name, settings_cls, run, description)
+        return run
+
+    return add
+
+
+def structure_settings(cls: type, data: Mapping[str, Any]) -> Any:
+    """``data`` as a ``cls`` settings object; every problem reported as ``$.experiment.<field>``."""
+    try:
+        settings = converter.structure(dict(data), cls)
+    except (ClassValidationError, IterableValidationError, TypeError) as exc:
+        raise ConfigError(_render(exc, SETTINGS_PATH)) from None
+    problems = check_values(settings, SETTINGS_PATH)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def check_choices(values: Iterable[Any], allowed: Iterable[Any], field: str) -> None:
+    """Raise one ConfigError naming every entry of ``values`` not in ``allowed``."""
+    allowed = list(allowed)
+    names = ", ".join(map(str, allowed))
+    problems = [
+        f"{SETTINGS_PATH}.{field}[{i}]: unknown {value!r}; choose from {names}"
+        for i, value in enumerate(values)
+        if value not in allowed
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``patch`` applied recursively (a new dict).
+
+    Mappings merge, except a component reference (a mapping with a ``name``), which replaces the
+    old one whole: another component's options must not carry over. Other values replace.
+    """
+    out = json.loads(json.dumps(base))
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and "name" not in value and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = json.loads(json.dumps(value))
+    return out
+
+
+@attrs.define
+class Variant:
+    """One run of an experiment: a label, its full config data and what to do with it."""
+
+    label: str
+    data: dict[str, Any]
+    train: bool = True  # False: meta-test the freshly built model without meta-training
+
+
+class Experiment:
+    """The base config, the output folder and the helpers an experiment's ``run`` uses."""
+
+    def __init__(self, name: str, base: Mapping[str, Any], out: Path, progress: bool = True):
+        self.name, self.base, self.out = name, dict(base), Path(out)
+        self.progress = progress
+        self._writer = None
+
+    # -------------------------------------------------------------- variants
+    def variant(
+        self,
+        label: str,
+        patch: Mapping[str, Any],
+        train: bool = True,
+        cross_domain: bool = False,
+    ) -> Variant:
+        """The base config patched into one run in ``OUT/runs/<label>``; the base's
+        ``test_datasets`` are kept only for a ``cross_domain`` variant."""
+        data = merge(self.base, patch)
+        if not cross_domain:
+            data["test_datasets"] = []
+        data["run_dir"] = str(self.out / "runs" / label)
+        data.setdefault("train", {})["progress"] = self.progress
+        return Variant(label, data, train)
+
+    def validate(self, variants: Sequence[Variant]) -> None:
+        """Resolve every variant's config first, so a typo stops the experiment before any run."""
+        problems = []
+        for variant in variants:
+            try:
+                resolve_config(variant.data)
+            except ConfigError as exc:
+                problems += [f"variant {variant.label}: {p}" for p in exc.problems]
+        if problems:
+            raise ConfigError(problems)
+
+    def build(self, variant: Variant) -> Trainer:
+        """The variant's Trainer, resumed from its checkpoint if there is one."""
+        from fewmask.factory import build_trainer
+
+        resolved = resolve_config(variant.data)
+        run_dir = Path(variant.data["run_dir"])
+        saved = run_dir / VARIANT_CONFIG
+        if saved.is_file() and _comparable(read_config_file(saved)) != _comparable(
+            plain_config(resolved)
+        ):
+            raise ConfigError(
+                [
+                    f"{run_dir} holds a run of a different config; use another --out, "
+                    "or --force to start the experiment over"
+                ]
+            )
+        trainer = build_trainer(resolved)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(resolved, saved)
+        if (run_dir / CHECKPOINT).is_file():
+            trainer.resume()
+        return trainer
+
+    def run_variant(self, variant: Variant) -> dict[str, Any]:
+        """Train (unless ``variant.train`` is false) and meta-test; reuse finished results."""
+        done = Path(variant.data["run_dir"]) / RESULTS
+        if done.is_file():
+            self.build(variant)  # still checks that the finished run has this config
+            return json.loads(done.read_text())
+        trainer = self.build(variant)
+        return trainer.fit() if variant.train else trainer.test()
+
+    # -------------------------------------------------------------- outputs
+    @property
+    def writer(self):
+        """The experiment's TensorBoard writer (``OUT/tensorboard``)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        return self._writer
+
+    def write_table(self, stem: str, rows: Sequence[Mapping[str, Any]], markdown: str) -> None:
+        """``OUT/<stem>.csv`` (every row and column) and ``OUT/<stem>.md``; the table also goes
+        to TensorBoard as text."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        with open(self.out / f"{stem}.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        (self.out / f"{stem}.md").write_text(markdown)
+        self.writer.add_text(stem, markdown)
+
+    def write_image(self, stem: str, image) -> Path:
+        """Save a PIL image as ``OUT/<stem>.png`` and add it to TensorBoard."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / f"{stem}.png"
+        image.save(path)
+        pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+        self.writer.add_image(stem, pixels.view(image.height, image.width, 3), dataformats="HWC")
+        return path
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _comparable(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config without the fields that do not change results."""
+    data = json.loads(json.dumps(data))
+    data.get("train", {}).pop("progress", None)
+    return data
+
+
+# ------------------------------------------------------------------ statistics and tables
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def percent(value: float, spread: float | None = None) -> str:
+    """``57.12`` or ``57.12 +- 1.60`` from fractions."""
+    text = f"{100 * value:.2f}"
+    return text if spread is None else f"{text} +- {100 * spread:.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def result_row(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns every variant contributes: accuracy, its CI, sparsity, iterations."""
+    return {
+        "accuracy": results["accuracy"],
+        "ci95": results["ci95"],
+        "sparsity": results["sparsity"],
+        "iterations": results["iteration"],
+        "episodes": results["episodes"],
+    }

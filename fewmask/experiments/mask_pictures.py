@@ -1,0 +1,128 @@
+"""Mask pictures (the paper's Figure 4): first-layer masks drawn in the shape of the input.
+
+Each first-layer unit of a fully connected backbone has one weight per input pixel, so its mask
+is a picture (white: kept, black: pruned). For a convolutional first layer each filter's mask is
+drawn at kernel size. Besides the grid of units, ``mask_density.png`` shows, per input pixel, the
+fraction of units that keep it.
+
+The model comes from an existing run (``run_dir`` setting) or is meta-trained from the config.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from fewmask.config import option
+from fewmask.errors import ConfigError
+from fewmask.experiments.common import Experiment, markdown_table, register, result_row
+from fewmask.trainer import CHECKPOINT, Trainer
+
+
+@attrs.frozen
+class MaskPicturesSettings:
+    """Settings of ``fewmask experiment mask-pictures``."""
+
+    run_dir: str | None = option(
+        None, help="draw the masks of this finished run (default: meta-train the config first)"
+    )
+    layer: str | None = option(None, help="masked weight to draw (default: the first one)")
+    units: int = option(64, ge=1, help="how many units (rows of the weight) to draw")
+    scale: int = option(4, ge=1, help="pixels per mask entry in the PNG")
+
+
+def unit_pictures(mask: Tensor, input_shape: tuple[int, ...]) -> Tensor:
+    """Masks as images ``[units, C, H, W]``: a Linear row as the input image, a conv filter as
+    its kernel."""
+    if mask.dim() == 2 and mask.shape[1] == math.prod(input_shape):
+        return mask.reshape(mask.shape[0], *input_shape)
+    if mask.dim() == 4:
+        return mask
+    raise ConfigError(
+        [
+            f"$.experiment.layer: a mask of shape {tuple(mask.shape)} cannot be drawn as "
+            f"{tuple(input_shape)} images; pick the first layer"
+        ]
+    )
+
+
+def _picture(images: Tensor, scale: int, nrow: int) -> Image.Image:
+    if images.shape[1] not in (1, 3):
+        images = images.mean(1, keepdim=True)  # many input channels: the fraction kept
+    grid = make_grid(images.float(), nrow=nrow, padding=1, pad_value=0.5)
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+    image = Image.fromarray(pixels.numpy())
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+def _trainer(experiment: Experiment, settings: MaskPicturesSettings) -> Trainer:
+    if settings.run_dir is None:
+        variant = experiment.variant("model", {})
+        experiment.validate([variant])
+        trainer = experiment.build(variant)
+        if trainer.iteration < trainer.train_config.iterations:
+            trainer.fit()
+        return trainer
+    from fewmask.cli import CONFIG_FILE
+    from fewmask.config import read_config_file
+    from fewmask.factory import build_trainer
+
+    run_dir = Path(settings.run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise ConfigError([f"$.experiment.run_dir: {run_dir} has no {CHECKPOINT}"])
+    data = read_config_file(run_dir / CONFIG_FILE)
+    trainer = build_trainer(data, [f"run_dir={run_dir}"])
+    trainer.resume()
+    return trainer
+
+
+@register("mask-pictures", MaskPicturesSettings, "first-layer masks as pictures of the input")
+def run_mask_pictures(
+    experiment: Experiment, settings: MaskPicturesSettings
+) -> list[dict[str, Any]]:
+    trainer = _trainer(experiment, settings)
+    with torch.no_grad():
+        masks = {n: m.detach().cpu() for n, m in trainer.masker.masks().items()}
+    if not masks:
+        raise ConfigError(["$.masker: the model has no masks to draw (a dense masker?)"])
+    layer = settings.layer or next(iter(masks))
+    if layer not in masks:
+        raise ConfigError(
+            [f"$.experiment.layer: {layer!r} is not masked; masked: {', '.join(masks)}"]
+        )
+    pictures = unit_pictures(masks[layer], trainer.datasets["train"].image_shape)
+    shown = pictures[: settings.units]
+    grid = _picture(shown, settings.scale, nrow=math.ceil(math.sqrt(len(shown))))
+    experiment.write_image("mask_pictures", grid)
+    density = pictures.float().mean(0, keepdim=True)
+    experiment.write_image("mask_density", _picture(density, settings.scale * 4, nrow=1))
+
+    flat = pictures.flatten(1).float()
+    rows = [
+        {"layer": layer, "unit": unit, "kept_fraction": flat[unit].mean().item()}
+        for unit in range(len(flat))
+    ]
+    pixel_density = density.flatten()
+    results = {**result_row(trainer.test()), "layer": layer}
+    markdown = markdown_table(
+        ["layer", "units", "kept %", "least-kept pixel %", "most-kept pixel %", "test acc %"],
+        [
+            [
+                layer,
+                len(flat),
+                f"{100 * flat.mean().item():.1f}",
+                f"{100 * pixel_density.min().item():.1f}",
+                f"{100 * pixel_density.max().item():.1f}",
+                f"{100 * results['accuracy']:.2f} +- {100 * results['ci95']:.2f}",
+            ]
+        ],
+    )
+    experiment.write_table("mask_pictures", rows, markdown)
+    return rows
