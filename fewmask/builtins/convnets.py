@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewmask.builtins.backbones import LinearHeadBackbone
+from fewmask.checkpointing import checkpointed
 from fewmask.config import option
 from fewmask.errors import ConfigError
 
@@ -29,6 +30,20 @@ OPTIONS = "$.backbone.options"
 
 def _bn_eps():
     return option(1e-5, gt=0, help="BatchNorm epsilon")
+
+
+def _checkpoint_blocks():
+    return option(
+        False,
+        help="recompute each block's activations in the backward pass instead of storing them "
+        "(less memory, about one more forward of time; exact)",
+    )
+
+
+def _run_blocks(blocks, x: Tensor, checkpoint: bool) -> Tensor:
+    for block in blocks:
+        x = checkpointed(block, x) if checkpoint else block(x)
+    return x
 
 
 def _pooled_size(size: int, pools: int) -> int:
@@ -62,6 +77,7 @@ class Conv4Config:
 
     channels: int = option(64, ge=1, help="channels of every conv layer")
     bn_eps: float = _bn_eps()
+    checkpoint_blocks: bool = _checkpoint_blocks()
 
 
 class ConvBlock(nn.Module):
@@ -102,7 +118,7 @@ class Conv4(LinearHeadBackbone):
                 nn.init.zeros_(module.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.features(x), 1)
+        return torch.flatten(_run_blocks(self.features, x, self.config.checkpoint_blocks), 1)
 
     def maskable_parameter_names(self) -> list[str]:
         return [f"features.{i}.conv.weight" for i in range(len(self.features))]
@@ -119,6 +135,7 @@ class ResNet12Config:
         (64, 160, 320, 640), help="output channels of the 4 stages (Meta-ticket: 64,128,256,512)"
     )
     bn_eps: float = _bn_eps()
+    checkpoint_blocks: bool = _checkpoint_blocks()
 
 
 class ResidualBlock(nn.Module):
@@ -186,8 +203,7 @@ class ResNet12(LinearHeadBackbone):
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward_features(self, x: Tensor) -> Tensor:
-        for stage in self.stages():
-            x = stage(x)
+        x = _run_blocks(self.stages(), x, self.config.checkpoint_blocks)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def maskable_parameter_names(self) -> list[str]:
@@ -208,6 +224,7 @@ class WRNConfig:
     depth: int = option(28, ge=10, help="total depth 6n+4 (n pre-activation blocks per stage)")
     widen_factor: int = option(10, ge=1, help="width multiplier k: stage widths 16k, 32k, 64k")
     bn_eps: float = _bn_eps()
+    checkpoint_blocks: bool = _checkpoint_blocks()
 
 
 class WideBlock(nn.Module):
@@ -235,8 +252,11 @@ class WideBlock(nn.Module):
 class WideResNetBody(nn.Module):
     """Stem conv, three stages of :class:`WideBlock` s, final BN -> ReLU, global average pool."""
 
-    def __init__(self, in_channels: int, depth: int, widen_factor: int, bn_eps: float):
+    def __init__(
+        self, in_channels: int, depth: int, widen_factor: int, bn_eps: float, checkpoint: bool
+    ):
         super().__init__()
+        self.checkpoint = checkpoint
         blocks = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1)
@@ -253,7 +273,8 @@ class WideResNetBody(nn.Module):
         self.num_features = widths[3]
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        blocks = [*self.layer1, *self.layer2, *self.layer3]
+        out = _run_blocks(blocks, self.conv1(x), self.checkpoint)
         out = torch.relu(self.bn1(out))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
@@ -285,7 +306,11 @@ class WideResNet(LinearHeadBackbone):
             )
         self.config = config
         self.features = WideResNetBody(
-            input_shape[0], config.depth, config.widen_factor, config.bn_eps
+            input_shape[0],
+            config.depth,
+            config.widen_factor,
+            config.bn_eps,
+            config.checkpoint_blocks,
         )
         self.num_features = self.features.num_features
         self.classifier = nn.Linear(self.num_features, num_classes)
