@@ -166,9 +166,11 @@ def test_mask_pictures_draw_the_first_layer_in_the_input_shape(base_config, tmp_
     with Image.open(out / "mask_pictures.png") as image:  # 2x2 grid of 28x28, 1 px padding
         assert image.size == (2 * 29 + 1, 2 * 29 + 1)
     run_dir = out / "runs/model"
+    finished = (run_dir / "results.json").read_text()
     again = tmp_path / "mp2"
     assert run("mask-pictures", base_config, again, f"run_dir={run_dir}", "units=4", "scale=1") == 0
     assert read_csv(again / "mask_pictures.csv") == table
+    assert (run_dir / "results.json").read_text() == finished  # the drawn run is left as it was
 
 
 def test_probe_statistic_matches_a_hand_computation():

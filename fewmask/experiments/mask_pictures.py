@@ -22,7 +22,7 @@ from torchvision.utils import make_grid
 
 from fewmask.config import option
 from fewmask.errors import ConfigError
-from fewmask.experiments.common import Experiment, markdown_table, register, result_row
+from fewmask.experiments.common import Experiment, markdown_table, register
 from fewmask.trainer import CHECKPOINT, Trainer
 
 
@@ -110,7 +110,8 @@ def run_mask_pictures(
         for unit in range(len(flat))
     ]
     pixel_density = density.flatten()
-    results = {**result_row(trainer.test()), "layer": layer}
+    split = "test" if "test" in trainer.datasets else "train"
+    accuracy = trainer.evaluate(split, trainer.train_config.test_episodes)  # writes nothing
     markdown = markdown_table(
         ["layer", "units", "kept %", "least-kept pixel %", "most-kept pixel %", "test acc %"],
         [
@@ -120,7 +121,7 @@ def run_mask_pictures(
                 f"{100 * flat.mean().item():.1f}",
                 f"{100 * pixel_density.min().item():.1f}",
                 f"{100 * pixel_density.max().item():.1f}",
-                f"{100 * results['accuracy']:.2f} +- {100 * results['ci95']:.2f}",
+                f"{100 * accuracy.mean:.2f} +- {100 * accuracy.ci95:.2f}",
             ]
         ],
     )
