@@ -34,7 +34,7 @@ from fewmask.experiments.common import (
     result_row,
 )
 from fewmask.experiments.methods import METHODS, method_patch
-from fewmask.experiments.plots import Series, line_chart
+from fewmask.experiments.plots import Series, line_chart, tile
 from fewmask.interfaces import Backbone, InnerOptimizer, Masker, Params
 from fewmask.progress import Progress
 from fewmask.trainer import CHECKPOINT, RESULTS
@@ -196,16 +196,22 @@ def run_task_gradient(
         )
     )
     experiment.write_table("task_gradient", rows, markdown)
-    panels = [
-        Series(
-            f"{m} (inner lr {lr:g})",
-            tuple(_smooth(curves[m, lr], settings.smooth)),
-            xs=tuple(float(i + 1) for i in range(len(curves[m, lr]))),
+    panels = [  # one panel per inner learning rate, the methods side by side
+        line_chart(
+            f"inner lr {lr:g}",
+            "iteration",
+            "mean |inner gradient|",
+            [
+                Series(
+                    m,
+                    tuple(_smooth(curves[m, lr], settings.smooth)),
+                    xs=tuple(float(i + 1) for i in range(len(curves[m, lr]))),
+                )
+                for m in settings.methods
+            ],
         )
-        for m, lr in grid
+        for lr in settings.inner_lrs
     ]
-    chart = line_chart(
-        "task gradient during meta-training", "iteration", "mean |inner gradient|", panels
-    )
+    chart = tile(panels, columns=min(3, len(panels)))
     experiment.write_image("task_gradient", chart)
     return rows
