@@ -4,11 +4,16 @@ Everything here is a plain function over ``{name: tensor}`` dicts, run per task 
 authors and learn2learn do it), so second-order terms and BatchNorm are exact. The mask enters as
 ``weight * mask``: the inner gradient w.r.t. a masked weight is ``mask * dL/dW_eff`` (pruned
 weights never move), and the query loss reaches the scores through every forward that used them.
+
+:class:`EngineOptions` switches on speed levers that change results only by float rounding
+(measured in ``benchmarks/meta_step.py``, checked in float64 by ``tests/test_engine_paths.py``);
+all are off by default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import attrs
 import torch
@@ -16,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from fewmask.batchnorm import fused_batchnorm
+from fewmask.fused import accumulate, fused_meta_gradient, plain_sgd_rate
 from fewmask.interfaces import Backbone, Episode, InnerOptimizer, Masker, Params
 
 
@@ -58,6 +65,35 @@ class TaskStats:
     accuracy: float
 
 
+@attrs.frozen
+class EngineOptions:
+    """Opt-in speed levers of :func:`meta_gradient`; each changes results only by float rounding.
+
+    Attributes:
+        fused_sgd: for plain-SGD inner optimizers with one learning rate, adapt the masked
+            weights directly with masks computed once per meta-batch (:mod:`fewmask.fused`);
+            other inner optimizers take the per-task path.
+        fused_batchnorm: batch-statistics BatchNorm with a hand-written double backward
+            (:mod:`fewmask.batchnorm`), several times cheaper than PyTorch's composite one.
+        channels_last: 4-D images in ``torch.channels_last`` memory format (needs
+            ``fused_batchnorm``: PyTorch's channels-last CPU BatchNorm loses precision).
+    """
+
+    fused_sgd: bool = False
+    fused_batchnorm: bool = False
+    channels_last: bool = attrs.field(default=False)
+
+    @channels_last.validator
+    def _check(self, attribute, value: bool) -> None:
+        if value and not self.fused_batchnorm:
+            raise ValueError("EngineOptions.channels_last needs fused_batchnorm=True")
+
+    @classmethod
+    def fast(cls) -> EngineOptions:
+        """Every lever on."""
+        return cls(fused_sgd=True, fused_batchnorm=True, channels_last=True)
+
+
 def meta_gradient(
     backbone: Backbone,
     masker: Masker,
@@ -65,15 +101,39 @@ def meta_gradient(
     meta_params: Mapping[str, Tensor],
     episodes: Sequence[Episode],
     learning_rates: Mapping[str, float],
+    options: EngineOptions | None = None,
 ) -> TaskStats:
     """Add the gradient of the mean query loss over ``episodes`` to ``meta_params[*].grad``.
 
     Each task is adapted and differentiated on its own, so only one task's graph is alive at a
-    time; its gradient is divided by the number of tasks (the mean meta-loss).
+    time; its gradient is divided by the number of tasks (the mean meta-loss). ``options``
+    (default: none) selects the speed levers of :class:`EngineOptions`.
     """
+    options = options or EngineOptions()
+    if options.channels_last:
+        episodes = _ChannelsLast(episodes)
+    rate = plain_sgd_rate(inner, learning_rates) if options.fused_sgd else None
+    with fused_batchnorm() if options.fused_batchnorm else nullcontext():
+        if rate is None:
+            results = _per_task(backbone, masker, inner, meta_params, episodes, learning_rates)
+        else:
+            results = fused_meta_gradient(
+                backbone, masker.masks(), rate, learning_rates, inner, meta_params, episodes
+            )
+    losses, accuracies = zip(*results)
+    return TaskStats(torch.stack(losses).mean().item(), torch.stack(accuracies).mean().item())
+
+
+def _per_task(
+    backbone: Backbone,
+    masker: Masker,
+    inner: InnerOptimizer,
+    meta_params: Mapping[str, Tensor],
+    episodes: Sequence[Episode],
+    learning_rates: Mapping[str, float],
+) -> list[tuple[Tensor, Tensor]]:
     targets = list(meta_params.values())
-    count = len(episodes)
-    losses, accuracies = [], []
+    results = []
     for episode in episodes:
         masks = masker.masks()
         params = dict(backbone.named_parameters())
@@ -89,17 +149,26 @@ def meta_gradient(
         )
         logits = masked_forward(backbone, fast, masks, episode.query_x)
         loss = F.cross_entropy(logits, episode.query_y)
-        grads = torch.autograd.grad(loss / count, targets, allow_unused=True)
-        for target, grad in zip(targets, grads):
-            if grad is None:
-                continue
-            if target.grad is None:
-                target.grad = grad.detach()
-            else:
-                target.grad.add_(grad)
-        losses.append(loss.detach())
-        accuracies.append((logits.argmax(1) == episode.query_y).float().mean())
-    return TaskStats(torch.stack(losses).mean().item(), torch.stack(accuracies).mean().item())
+        accumulate(targets, torch.autograd.grad(loss / len(episodes), targets, allow_unused=True))
+        results.append((loss.detach(), (logits.argmax(1) == episode.query_y).float().mean()))
+    return results
+
+
+class _ChannelsLast(Sequence[Episode]):
+    """Episodes with 4-D images in channels-last format, converted one at a time on access."""
+
+    def __init__(self, episodes: Sequence[Episode]):
+        self.episodes = episodes
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return Episode(*(_channels_last(t) for t in self.episodes[i]))
+
+
+def _channels_last(t: Tensor) -> Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def frozen_masks(masker: Masker) -> Params:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 from fewmask import distributed
 from fewmask.checkpoint import load_checkpoint, save_checkpoint
 from fewmask.config import TrainConfig, converter
-from fewmask.engine import evaluate_episode, frozen_masks, meta_gradient
+from fewmask.engine import EngineOptions, evaluate_episode, frozen_masks, meta_gradient
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
 from fewmask.interfaces import (
     Backbone,
@@ -36,6 +37,7 @@ from fewmask.interfaces import (
     MetaObjective,
 )
 from fewmask.loggers import MetricLogger, NullLogger, RunLogger
+from fewmask.malloc import tune_glibc_malloc
 from fewmask.metrics import Accuracy, mask_sparsity
 from fewmask.progress import Progress
 from fewmask.transforms import match_shape
@@ -64,6 +66,11 @@ class Trainer:
         cross_domain: Mapping[str, FewShotDataset] | None = None,
     ):
         self.train_config = train = train or TrainConfig()
+        self.engine_options = EngineOptions.fast() if train.engine == "fast" else None
+        if train.tune_malloc and not tune_glibc_malloc():
+            warnings.warn(
+                "train.tune_malloc: not a glibc system; the allocator is unchanged", stacklevel=2
+            )
         self.device = distributed.setup(train.device)  # cuda:LOCAL_RANK under torchrun
         self.dtype = getattr(torch, train.dtype)
         self.backbone, self.masker, self.inner = backbone, masker, inner
@@ -156,6 +163,7 @@ class Trainer:
                     self.meta_params,
                     mine,
                     self.learning_rates,
+                    self.engine_options,
                 )
             loss, accuracy = stats.loss, stats.accuracy
         loss, accuracy = distributed.reduce_meta_gradients(

@@ -24,9 +24,7 @@ def episodes(count=2):
     def images(n):
         return torch.randn(n * WAYS, *SHAPE, generator=g, dtype=torch.float64)
 
-    return [
-        Episode(images(2), labels.repeat(2), images(3), labels.repeat(3)) for _ in range(count)
-    ]
+    return [Episode(images(2), labels.repeat(2), images(3), labels.repeat(3)) for _ in range(count)]
 
 
 def meta_grads(name, masker, checkpoint, saved=None):
