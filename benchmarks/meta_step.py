@@ -55,7 +55,9 @@ MODELS = {  # name: (options, input shape, tiny options, tiny input shape)
     "mlp5": ({}, (3, 32, 32), {"hidden": [32, 16, 16, 8]}, (3, 8, 8)),
     "conv4": ({}, (3, 84, 84), {"channels": 8}, (3, 32, 32)),
     "resnet12": ({}, (3, 84, 84), {"channels": [8, 8, 16, 16]}, (3, 32, 32)),
+    "wrn28_10": ({}, (3, 84, 84), {"depth": 10, "widen_factor": 1}, (3, 32, 32)),
 }
+DEFAULT_MODELS = ("mlp5", "conv4", "resnet12")  # wrn28_10 (memory check) only when named
 MASKERS = {"maml": "dense", "metaticket": "metaticket"}
 COLUMNS = [
     "model",
@@ -278,7 +280,11 @@ def format_table(rows: list[dict], device: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--models", help="comma-separated (default: all; mlp5,conv4 on CPU)")
+    parser.add_argument(
+        "--models",
+        help="comma-separated from mlp5, conv4, resnet12, wrn28_10 "
+        "(default: the first three; mlp5,conv4 on CPU)",
+    )
     parser.add_argument("--algorithms", default="maml,metaticket")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before (each side)")
@@ -316,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cpu = not args.device.startswith("cuda")
-    models = args.models or ("mlp5,conv4" if cpu else ",".join(MODELS))
+    models = args.models or ("mlp5,conv4" if cpu else ",".join(DEFAULT_MODELS))
     if args.malloc == "both":
         rows = []
         for mode in ("default", "tuned") if is_glibc() else ("default",):
