@@ -171,7 +171,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     try:
         settings = apply_overrides({}, args.setting)
     except ConfigError as exc:
-        raise ConfigError([p.replace("-o ", "-x ", 1) for p in exc.problems]) from None
+        problems = [p.replace("-o ", "-x ", 1) for p in exc.problems]
+        raise ConfigError(
+            [p.replace("train.iterations=100", "seeds=[1,2]") for p in problems]
+        ) from None
     out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
     if args.force and out.exists():
         if not (out / "runs").is_dir() and any(out.iterdir()):
