@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fewmask import distributed
-from fewmask.config import dump_config, read_config_file
+from fewmask.config import dump_config
 from fewmask.errors import ConfigError, FewmaskError, UnknownComponentError
-from fewmask.trainer import CHECKPOINT, RESULTS
-
-CONFIG_FILE = "config.yaml"
+from fewmask.trainer import CHECKPOINT, RESULTS, RUN_CONFIG
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -84,15 +82,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fewmask.factory import build_trainer
+    from fewmask.factory import build_run_trainer, build_trainer
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise ConfigError([f"--resume: {run_dir} has no {CONFIG_FILE}; is it a fewmask run?"])
-        data = read_config_file(run_dir / CONFIG_FILE)
-        overrides = [*args.override, f"run_dir={run_dir}"]
-        trainer = build_trainer(data, overrides)
+        trainer = build_run_trainer(run_dir, args.override, what="--resume")
         if (run_dir / CHECKPOINT).is_file():
             trainer.resume()
             if distributed.is_main():
@@ -115,7 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         if distributed.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(trainer.config, run_dir / CONFIG_FILE)
+            dump_config(trainer.config, run_dir / RUN_CONFIG)
     results = trainer.fit()
     if distributed.is_main():
         _print_results(results, trainer.run_dir)
@@ -124,16 +118,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     from fewmask.config import parse_value
-    from fewmask.factory import build_trainer, create
+    from fewmask.factory import build_run_trainer, create
     from fewmask.transforms import match_shape
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError([f"RUN_DIR: {run_dir} has no {CONFIG_FILE}; is it a fewmask run?"])
-    overrides = [*args.override, f"run_dir={run_dir}"]
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    trainer = build_trainer(read_config_file(run_dir / CONFIG_FILE), overrides)
+    seed = [] if args.seed is None else [f"seed={args.seed}"]
+    trainer = build_run_trainer(run_dir, [*args.override, *seed])
     trainer.resume()
     if args.dataset is None:
         results = trainer.test(args.episodes)
@@ -168,13 +158,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from fewmask.config import apply_overrides
     from fewmask.experiments import run_experiment
 
-    try:
-        settings = apply_overrides({}, args.setting)
-    except ConfigError as exc:
-        problems = [p.replace("-o ", "-x ", 1) for p in exc.problems]
-        raise ConfigError(
-            [p.replace("train.iterations=100", "seeds=[1,2]") for p in problems]
-        ) from None
+    settings = apply_overrides({}, args.setting, flag="-x", example="seeds=[1,2]")
     out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
     if args.force and out.exists():
         if not (out / "runs").is_dir() and any(out.iterdir()):

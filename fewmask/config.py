@@ -219,16 +219,12 @@ def check_values(obj: Any, path: str = "$") -> list[str]:
     return problems
 
 
-def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
-    """Structure ``options`` into the config class of ``info``; raise one ConfigError if wrong."""
+def structure_config(cls: type, data: Any, path: str) -> Any:
+    """Structure ``data`` into the attrs class ``cls``; every problem in one ConfigError."""
     problems: list[str] = []
     config = None
-    if info.config_cls is None:
-        if options:
-            raise ConfigError([f"{path}: {info.kind} '{info.name}' takes no options"])
-        return None
     try:
-        config = converter.structure(_require_mapping(options), info.config_cls)
+        config = converter.structure(_require_mapping(data), cls)
     except (ClassValidationError, IterableValidationError, TypeError) as exc:
         problems += _render(exc, path)
     if config is not None:
@@ -236,6 +232,15 @@ def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
+    """Structure ``options`` into the config class of ``info``; raise one ConfigError if wrong."""
+    if info.config_cls is None:
+        if options:
+            raise ConfigError([f"{path}: {info.kind} '{info.name}' takes no options"])
+        return None
+    return structure_config(info.config_cls, options, path)
 
 
 @attrs.frozen
@@ -398,14 +403,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to nested plain data (a new dict is returned)."""
+def apply_overrides(
+    data: dict[str, Any],
+    overrides: Iterable[str],
+    flag: str = "-o",
+    example: str = "train.iterations=100",
+) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to nested plain data (a new dict is returned).
+
+    ``flag`` and ``example`` only word the error messages."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     problems = []
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            problems.append(f"-o {item!r}: expected key=value, e.g. train.iterations=100")
+            problems.append(f"{flag} {item!r}: expected key=value, e.g. {example}")
             continue
         parts = key.strip().split(".")
         node = data
@@ -414,7 +426,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                problems.append(f"-o {item!r}: $.{'.'.join(parts[: depth + 1])} is not a mapping")
+                problems.append(
+                    f"{flag} {item!r}: $.{'.'.join(parts[: depth + 1])} is not a mapping"
+                )
                 break
             node = child
         else:

@@ -15,11 +15,13 @@ from fewmask.config import (
     converter,
     load_config,
     plain_config,
+    read_config_file,
     resolve_config,
 )
+from fewmask.errors import ConfigError
 from fewmask.plugins import default_registry
 from fewmask.registry import Registry
-from fewmask.trainer import Trainer
+from fewmask.trainer import RUN_CONFIG, Trainer
 
 
 def create(
@@ -83,6 +85,17 @@ def build_trainer(
         config=plain_config(resolved),
         cross_domain=cross_domain,
     )
+
+
+def build_run_trainer(
+    run_dir: str | Path, overrides: Iterable[str] = (), what: str = "RUN_DIR"
+) -> Trainer:
+    """The Trainer of the run saved in ``run_dir`` (from its config file), not yet resumed;
+    ``what`` names the argument in the error when ``run_dir`` is not a fewmask run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise ConfigError([f"{what}: {run_dir} has no {RUN_CONFIG}; is it a fewmask run?"])
+    return build_trainer(read_config_file(run_dir / RUN_CONFIG), [*overrides, f"run_dir={run_dir}"])
 
 
 def cross_domain_label(name: str, options: Any, taken: Mapping[str, Any]) -> str:

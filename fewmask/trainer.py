@@ -44,6 +44,7 @@ from fewmask.transforms import match_shape
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
+RUN_CONFIG = "config.yaml"  # the resolved config, written by the CLI and by experiments
 EVAL_CHUNK = 100  # episodes drawn per vectorised sampler call at evaluation
 
 

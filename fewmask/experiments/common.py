@@ -18,22 +18,19 @@ from typing import Any
 
 import attrs
 import torch
-from cattrs.errors import ClassValidationError, IterableValidationError
 
 from fewmask.config import (
-    _render,
-    check_values,
-    converter,
+    ResolvedConfig,
     dump_config,
     plain_config,
     read_config_file,
     resolve_config,
+    structure_config,
 )
 from fewmask.errors import ConfigError
-from fewmask.trainer import CHECKPOINT, RESULTS, Trainer
+from fewmask.trainer import CHECKPOINT, RESULTS, RUN_CONFIG, Trainer
 
 SETTINGS_PATH = "$.experiment"
-VARIANT_CONFIG = "config.yaml"
 
 
 @attrs.frozen
@@ -61,14 +58,7 @@ def register(name: str, settings_cls: type, description: str):
 
 def structure_settings(cls: type, data: Mapping[str, Any]) -> Any:
     """``data`` as a ``cls`` settings object; every problem reported as ``$.experiment.<field>``."""
-    try:
-        settings = converter.structure(dict(data), cls)
-    except (ClassValidationError, IterableValidationError, TypeError) as exc:
-        raise ConfigError(_render(exc, SETTINGS_PATH)) from None
-    problems = check_values(settings, SETTINGS_PATH)
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    return structure_config(cls, data, SETTINGS_PATH)
 
 
 def check_choices(values: Iterable[Any], allowed: Iterable[Any], field: str) -> None:
@@ -144,25 +134,32 @@ class Experiment:
         if problems:
             raise ConfigError(problems)
 
-    def build(self, variant: Variant) -> Trainer:
-        """The variant's Trainer, resumed from its checkpoint if there is one."""
-        from fewmask.factory import build_trainer
+    def check_saved(self, variant: Variant) -> ResolvedConfig:
+        """The variant's resolved config; a different one already in its folder is an error.
 
+        Cheap (no data is read), so finished variants are checked without being rebuilt."""
         resolved = resolve_config(variant.data)
-        run_dir = Path(variant.data["run_dir"])
-        saved = run_dir / VARIANT_CONFIG
+        saved = Path(variant.data["run_dir"]) / RUN_CONFIG
         if saved.is_file() and _comparable(read_config_file(saved)) != _comparable(
             plain_config(resolved)
         ):
             raise ConfigError(
                 [
-                    f"{run_dir} holds a run of a different config; use another --out, "
+                    f"{saved.parent} holds a run of a different config; use another --out, "
                     "or --force to start the experiment over"
                 ]
             )
+        return resolved
+
+    def build(self, variant: Variant) -> Trainer:
+        """The variant's Trainer, resumed from its checkpoint if there is one."""
+        from fewmask.factory import build_trainer
+
+        resolved = self.check_saved(variant)
         trainer = build_trainer(resolved)
+        run_dir = Path(variant.data["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(resolved, saved)
+        dump_config(resolved, run_dir / RUN_CONFIG)
         if (run_dir / CHECKPOINT).is_file():
             trainer.resume()
         return trainer
@@ -171,7 +168,7 @@ class Experiment:
         """Train (unless ``variant.train`` is false) and meta-test; reuse finished results."""
         done = Path(variant.data["run_dir"]) / RESULTS
         if done.is_file():
-            self.build(variant)  # still checks that the finished run has this config
+            self.check_saved(variant)
             return json.loads(done.read_text())
         trainer = self.build(variant)
         return trainer.fit() if variant.train else trainer.test()

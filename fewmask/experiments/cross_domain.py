@@ -61,20 +61,10 @@ def run_cross_domain(experiment: Experiment, settings: CrossDomainSettings) -> l
     rows = []
     for (method, seed), variant in zip(grid, variants):
         results = experiment.run_variant(variant)
-        rows.append({"method": method, "seed": seed, "dataset": OWN, **result_row(results)})
+        own = {"method": method, "seed": seed, "dataset": OWN, **result_row(results)}
+        rows.append(own)
         for label, other in results.get("cross_domain", {}).items():
-            rows.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "dataset": label,
-                    "accuracy": other["accuracy"],
-                    "ci95": other["ci95"],
-                    "sparsity": results["sparsity"],
-                    "iterations": results["iteration"],
-                    "episodes": other["episodes"],
-                }
-            )
+            rows.append({**own, "dataset": label, **other})  # its accuracy, ci95, episodes
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     summary: dict[tuple[str, str], tuple[float, float]] = {}

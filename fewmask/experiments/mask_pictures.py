@@ -70,15 +70,12 @@ def _trainer(experiment: Experiment, settings: MaskPicturesSettings) -> Trainer:
         if trainer.iteration < trainer.train_config.iterations:
             trainer.fit()
         return trainer
-    from fewmask.cli import CONFIG_FILE
-    from fewmask.config import read_config_file
-    from fewmask.factory import build_trainer
+    from fewmask.factory import build_run_trainer
 
     run_dir = Path(settings.run_dir)
     if not (run_dir / CHECKPOINT).is_file():
         raise ConfigError([f"$.experiment.run_dir: {run_dir} has no {CHECKPOINT}"])
-    data = read_config_file(run_dir / CONFIG_FILE)
-    trainer = build_trainer(data, [f"run_dir={run_dir}"])
+    trainer = build_run_trainer(run_dir, what="$.experiment.run_dir")
     trainer.resume()
     return trainer
 

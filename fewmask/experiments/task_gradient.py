@@ -127,7 +127,7 @@ def _probe_run(
     run_dir = Path(variant.data["run_dir"])
     saved = run_dir / "task_gradient.json"
     if saved.is_file() and (run_dir / RESULTS).is_file():
-        experiment.build(variant)  # checks that the finished run has this config
+        experiment.check_saved(variant)
         return json.loads(saved.read_text()), json.loads((run_dir / RESULTS).read_text())
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the probe needs the whole run: start over
     trainer = experiment.build(variant)
