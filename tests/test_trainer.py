@@ -226,3 +226,32 @@ def test_engine_choice_is_validated(tmp_path, capsys):
     config.write_text("backbone: {name: omniglot_mlp}\ntrain: {engine: fastest}\n")
     assert main(["validate", str(config)]) == 2
     assert "$.train.engine: 'fastest' is not one of 'exact', 'fast'" in capsys.readouterr().err
+
+
+def test_tune_malloc_is_applied_once_at_start_and_warns_where_it_cannot(monkeypatch):
+    import fewmask.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "tune_glibc_malloc", lambda: calls.append(1) or True)
+    make_trainer(tune_malloc=True)
+    make_trainer(tune_malloc=False)
+    assert calls == [1]
+    monkeypatch.setattr(trainer_module, "tune_glibc_malloc", lambda: False)
+    with pytest.warns(UserWarning, match="train.tune_malloc: not a glibc system"):
+        make_trainer(tune_malloc=True)
+
+
+def test_glibc_malloc_setting_is_accepted_and_training_still_works():
+    """In a child process: the setting is process-wide."""
+    import platform
+    import subprocess
+    import sys
+
+    code = (
+        "from fewmask.malloc import tune_glibc_malloc, trim\n"
+        "ok = tune_glibc_malloc(); assert trim() == ok\n"
+        "import torch; x = [torch.ones(2**22) for _ in range(3)]; del x\n"
+        "print(ok)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
