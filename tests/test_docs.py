@@ -131,3 +131,8 @@ def test_documented_experiment_commands_run_at_tiny_size(name, config, tmp_path,
     assert main(args) == 0
     assert list(tmp_path.glob("*.csv")) and list(tmp_path.glob("*.png"))
     assert "outputs in" in capsys.readouterr().out
+
+
+def test_nothing_in_the_checkout_blocks_the_readme_venv():
+    """`python3.11 -m venv .venv` (both README commands) needs `.venv` free or a folder."""
+    assert not (ROOT / ".venv").is_file()
