@@ -76,7 +76,7 @@ class RunLogger:
                 if line and json.loads(line)["step"] < resume_step
             ]
             self.jsonl.write_text("".join(line + "\n" for line in kept))
-        self._file = self.jsonl.open("a")
+        self._file = self.jsonl.open("a", buffering=1)  # line by line, so `tail -f` works
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)

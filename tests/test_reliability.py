@@ -183,3 +183,14 @@ def test_resumed_event_file_sorts_after_the_interrupted_one(tmp_path):
     logger.close()
     names = sorted(p.name for p in folder.iterdir())
     assert names[0] == crashed.name and len(names) == 2
+
+
+def test_metrics_lines_reach_the_file_as_they_are_logged(tmp_path):
+    """A user tailing metrics.jsonl sees each scalar at once, not at the next checkpoint."""
+    from fewmask.loggers import RunLogger
+
+    logger = RunLogger(tmp_path)
+    logger.scalar("train/loss", 1.5, 10)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    logger.close()
+    assert [json.loads(line) for line in lines] == [{"step": 10, "tag": "train/loss", "value": 1.5}]
