@@ -12,6 +12,7 @@ Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.C
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -183,10 +184,21 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, KeyError):
         return "required field missing"
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
+        return unknown_keys_message(exc.extra_fields, [f.name for f in attrs.fields(exc.cl)])
     if isinstance(exc, (TypeError, ValueError)) and str(exc):
         return str(exc)
     return cattrs.v.format_exception(exc, type_)
+
+
+def unknown_keys_message(unknown: Iterable[str], valid: list[str]) -> str:
+    """``unknown key(s): a (did you mean 'b'?), c``, or the valid keys when none is close."""
+    words, close_to_any = [], False
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, valid, n=1)
+        close_to_any |= bool(close)
+        words.append(f"{key} (did you mean {close[0]!r}?)" if close else key)
+    text = f"unknown key(s): {', '.join(words)}"
+    return text if close_to_any else f"{text}; valid: {', '.join(valid)}"
 
 
 def check_values(obj: Any, path: str = "$") -> list[str]:

@@ -37,6 +37,11 @@ def test_minimal_config_resolves_with_defaults():
     assert mt.components["objective"][1].lr == 10.0
 
 
+def test_an_unknown_key_with_no_close_match_lists_the_valid_ones():
+    found = problems({**BASE, "masker": {"name": "metaticket", "options": {"zzz": 1}}})
+    assert found == ["$.masker.options: unknown key(s): zzz; valid: init_sparsity, weight_init"]
+
+
 def test_every_problem_is_reported_at_once_with_paths():
     found = problems(
         {
@@ -49,9 +54,9 @@ def test_every_problem_is_reported_at_once_with_paths():
     )
     text = "\n".join(found)
     assert "$.backbone.name: no backbone named 'omniglot_mpl'. Did you mean 'omniglot_mlp'" in text
-    assert "$.masker.options: unknown key(s): init_sparsty" in text
-    assert "$.train: unknown key(s): itterations" in text
-    assert "$: unknown key(s): sedd" in text
+    assert "$.masker.options: unknown key(s): init_sparsty (did you mean 'init_sparsity'?)" in text
+    assert "$.train: unknown key(s): itterations (did you mean 'iterations'?)" in text
+    assert "$: unknown key(s): sedd (did you mean 'seed'?)" in text
     assert len(found) == 5  # phase 2 runs even though phase 1 failed
     found = problems(
         {
