@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -110,24 +111,43 @@ TINY_SETTINGS = {  # appended after a documented command's own settings: later o
 
 
 def documented_experiment_commands():
-    """Every `fewmask experiment NAME CONFIG` line in examples/experiments/ and docs/, once."""
+    """Every distinct `fewmask experiment NAME CONFIG [-o ...] [-x ...]` line in
+    examples/experiments/ and docs/, as (name, config, its own -o and -x values)."""
     sources = [*sorted((ROOT / "examples" / "experiments").glob("*.yaml")), *DOCS]
     seen = set()
     for path in sources:
         text = path.read_text().replace("\\\n", " ")
-        for match in re.finditer(r"fewmask experiment ([a-z-]+) +(examples/\S+\.yaml)", text):
-            if match.group(0) not in seen:  # (its own -x/-o are not taken: tiny ones are)
-                seen.add(match.group(0))
-                yield pytest.param(match.group(1), match.group(2), id=f"{path.name}:{match[1]}")
+        for match in re.finditer(r"fewmask experiment ([a-z-]+) +(examples/\S+\.yaml)(.*)", text):
+            words = shlex.split(match.group(3).split("#")[0])
+            own = {"-o": [], "-x": []}
+            for flag, value in zip(words, words[1:]):
+                if flag in own:
+                    own[flag].append(value)
+            key = (match.group(1), match.group(2), *own["-o"], "|", *own["-x"])
+            if key not in seen:
+                seen.add(key)
+                yield pytest.param(
+                    match.group(1),
+                    match.group(2),
+                    own["-o"],
+                    own["-x"],
+                    id=f"{path.name}:{match[1]}",
+                )
 
 
-@pytest.mark.parametrize("name, config", list(documented_experiment_commands()))
-def test_documented_experiment_commands_run_at_tiny_size(name, config, tmp_path, capsys):
-    overrides = ["backbone.options.width=0.05", "train.meta_batch_size=2", *TINY]
+@pytest.mark.parametrize("name, config, own_o, own_x", list(documented_experiment_commands()))
+def test_documented_experiment_commands_run_at_tiny_size(
+    name, config, own_o, own_x, tmp_path, capsys
+):
+    """The command as documented (its own -o and -x validated too), then shrunk: tiny settings
+    come last and win. ``-x run_dir=`` names a run of the documented workflow; here the base
+    config is trained instead."""
+    overrides = [*own_o, "backbone.options.width=0.05", "train.meta_batch_size=2", *TINY]
     overrides += ["train.val_episodes=0", "train.test_episodes=5"]
+    settings = [s for s in own_x if not s.startswith("run_dir=")] + TINY_SETTINGS[name]
     args = ["experiment", name, str(ROOT / config), "--out", str(tmp_path), "--no-progress"]
     args += [x for o in overrides for x in ("-o", o)]
-    args += [x for s in TINY_SETTINGS[name] for x in ("-x", s)]
+    args += [x for s in settings for x in ("-x", s)]
     assert main(args) == 0
     assert list(tmp_path.glob("*.csv")) and list(tmp_path.glob("*.png"))
     assert "outputs in" in capsys.readouterr().out
