@@ -181,8 +181,8 @@ def run_task_gradient(
                 method,
                 f"{lr:g}",
                 settings.layer or "last body weight",
-                f"{sum(first) / len(first):.4g}",
-                f"{sum(last) / len(last):.4g}",
+                f"{sum(first) / len(first):#.4g}",
+                f"{sum(last) / len(last):#.4g}",
                 f"{sum(last) / len(last) / (sum(first) / len(first)):.2f}",
                 percent(result_row(results)["accuracy"], results["ci95"]),
             ]
