@@ -113,6 +113,17 @@ def test_finished_variants_are_reused_and_a_changed_config_is_refused(
     assert run("constant-weights", base_config, out, *settings) == 0
     assert checkpoint.stat().st_mtime_ns == stamp  # not trained again
     assert read_csv(out / "constant_weights.csv") == first
+    moved = out.rename(tmp_path / "moved")  # an output folder can be moved and still reused
+    assert run("constant-weights", base_config, moved, *settings) == 0
+    assert (moved / "runs/metaticket_constant-seed1/checkpoint.pt").stat().st_mtime_ns == stamp
+    assert read_csv(moved / "constant_weights.csv") == first
+    assert run("constant-weights", base_config, moved, "seeds=[1,2]") == 0  # one more seed
+    assert (moved / "runs/metaticket_constant-seed1/checkpoint.pt").stat().st_mtime_ns == stamp
+    grown = read_csv(moved / "constant_weights.csv")
+    assert [(r["variant"], r["seed"]) for r in grown] == [
+        (v, s) for v in ("metaticket_constant", "random_subnetwork") for s in ("1", "2")
+    ]
+    out = moved
     capsys.readouterr()
     assert run("constant-weights", base_config, out, *settings, overrides=["seed=5"]) == 0
     assert run("constant-weights", base_config, out, "seeds=[1]", "control_sparsity=0.25") == 2

@@ -211,8 +211,10 @@ class Experiment:
 
 
 def _comparable(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A config without the fields that do not change results."""
+    """A config without the fields that do not change results (``run_dir``: an experiment's
+    output folder may be moved or renamed and still be reused)."""
     data = json.loads(json.dumps(data))
+    data.pop("run_dir", None)
     data.get("train", {}).pop("progress", None)
     return data
 
