@@ -117,7 +117,17 @@ def test_finished_variants_are_reused_and_a_changed_config_is_refused(
     assert run("constant-weights", base_config, moved, *settings) == 0
     assert (moved / "runs/metaticket_constant-seed1/checkpoint.pt").stat().st_mtime_ns == stamp
     assert read_csv(moved / "constant_weights.csv") == first
-    assert run("constant-weights", base_config, moved, "seeds=[1,2]") == 0  # one more seed
+    more_seeds_other_logging = ["train.log_every=7", "train.checkpoint_every=3"]
+    assert (
+        run(
+            "constant-weights",
+            base_config,
+            moved,
+            "seeds=[1,2]",
+            overrides=more_seeds_other_logging,
+        )
+        == 0
+    )
     assert (moved / "runs/metaticket_constant-seed1/checkpoint.pt").stat().st_mtime_ns == stamp
     grown = read_csv(moved / "constant_weights.csv")
     assert [(r["variant"], r["seed"]) for r in grown] == [

@@ -210,12 +210,17 @@ class Experiment:
             self._writer = None
 
 
+OUTPUT_ONLY_FIELDS = ("checkpoint_every", "log_every", "histogram_every", "progress")
+"""``train`` fields that change what is written and when, never the numbers."""
+
+
 def _comparable(data: Mapping[str, Any]) -> dict[str, Any]:
     """A config without the fields that do not change results (``run_dir``: an experiment's
     output folder may be moved or renamed and still be reused)."""
     data = json.loads(json.dumps(data))
     data.pop("run_dir", None)
-    data.get("train", {}).pop("progress", None)
+    for field in OUTPUT_ONLY_FIELDS:
+        data.get("train", {}).pop(field, None)
     return data
 
 
