@@ -117,7 +117,9 @@ def documented_experiment_commands():
     seen = set()
     for path in sources:
         text = path.read_text().replace("\\\n", " ")
-        for match in re.finditer(r"fewmask experiment ([a-z-]+) +(examples/\S+\.yaml)(.*)", text):
+        for match in re.finditer(
+            r"fewmask experiment ([a-z-]+) +(examples/\S+\.yaml)([^`\n]*)", text
+        ):
             words = shlex.split(match.group(3).split("#")[0])
             own = {"-o": [], "-x": []}
             for flag, value in zip(words, words[1:]):

@@ -113,31 +113,31 @@ def test_finished_variants_are_reused_and_a_changed_config_is_refused(
     assert run("constant-weights", base_config, out, *settings) == 0
     assert checkpoint.stat().st_mtime_ns == stamp  # not trained again
     assert read_csv(out / "constant_weights.csv") == first
-    moved = out.rename(tmp_path / "moved")  # an output folder can be moved and still reused
-    assert run("constant-weights", base_config, moved, *settings) == 0
-    assert (moved / "runs/metaticket_constant-seed1/checkpoint.pt").stat().st_mtime_ns == stamp
-    assert read_csv(moved / "constant_weights.csv") == first
-    more_seeds_other_logging = ["train.log_every=7", "train.checkpoint_every=3"]
-    assert (
-        run(
-            "constant-weights",
-            base_config,
-            moved,
-            "seeds=[1,2]",
-            overrides=more_seeds_other_logging,
-        )
-        == 0
-    )
-    assert (moved / "runs/metaticket_constant-seed1/checkpoint.pt").stat().st_mtime_ns == stamp
-    grown = read_csv(moved / "constant_weights.csv")
-    assert [(r["variant"], r["seed"]) for r in grown] == [
-        (v, s) for v in ("metaticket_constant", "random_subnetwork") for s in ("1", "2")
-    ]
-    out = moved
     capsys.readouterr()
     assert run("constant-weights", base_config, out, *settings, overrides=["seed=5"]) == 0
     assert run("constant-weights", base_config, out, "seeds=[1]", "control_sparsity=0.25") == 2
     assert "holds a run of a different config" in capsys.readouterr().err
+
+
+def test_a_moved_output_folder_reuses_its_variants_and_settings_can_grow(base_config, tmp_path):
+    """Neither the folder's place nor logging and checkpoint frequency count as a change."""
+    out = tmp_path / "cw"
+    assert run("constant-weights", base_config, out, "seeds=[1]") == 0
+    checkpoint = "runs/metaticket_constant-seed1/checkpoint.pt"
+    stamp = (out / checkpoint).stat().st_mtime_ns
+    first = read_csv(out / "constant_weights.csv")
+    moved = out.rename(tmp_path / "moved")
+    assert run("constant-weights", base_config, moved, "seeds=[1]") == 0
+    assert (moved / checkpoint).stat().st_mtime_ns == stamp
+    assert read_csv(moved / "constant_weights.csv") == first
+    logging = ["train.log_every=7", "train.checkpoint_every=3"]
+    assert run("constant-weights", base_config, moved, "seeds=[1,2]", overrides=logging) == 0
+    assert (moved / checkpoint).stat().st_mtime_ns == stamp  # only seed 2 was trained
+    rows = read_csv(moved / "constant_weights.csv")
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        (v, s) for v in ("metaticket_constant", "random_subnetwork") for s in ("1", "2")
+    ]
+    assert rows[0] == first[0]
 
 
 def test_constant_weights_uses_constant_weights_and_a_random_half_mask(base_config, tmp_path):
