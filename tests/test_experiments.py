@@ -120,13 +120,18 @@ def test_finished_variants_are_reused_and_a_changed_config_is_refused(
 
 
 def test_a_moved_output_folder_reuses_its_variants_and_settings_can_grow(base_config, tmp_path):
-    """Neither the folder's place nor logging and checkpoint frequency count as a change."""
+    """Neither the folder's place, nor logging and checkpoint frequency, nor an option added
+    since (at its default) count as a change."""
     out = tmp_path / "cw"
     assert run("constant-weights", base_config, out, "seeds=[1]") == 0
     checkpoint = "runs/metaticket_constant-seed1/checkpoint.pt"
     stamp = (out / checkpoint).stat().st_mtime_ns
     first = read_csv(out / "constant_weights.csv")
     moved = out.rename(tmp_path / "moved")
+    saved = moved / "runs/metaticket_constant-seed1/config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["train"]["engine"]  # as written before that option existed: its default counts
+    saved.write_text(yaml.safe_dump(older))
     assert run("constant-weights", base_config, moved, "seeds=[1]") == 0
     assert (moved / checkpoint).stat().st_mtime_ns == stamp
     assert read_csv(moved / "constant_weights.csv") == first

@@ -140,9 +140,10 @@ class Experiment:
         Cheap (no data is read), so finished variants are checked without being rebuilt."""
         resolved = resolve_config(variant.data)
         saved = Path(variant.data["run_dir"]) / RUN_CONFIG
-        if saved.is_file() and _comparable(read_config_file(saved)) != _comparable(
-            plain_config(resolved)
-        ):
+        if not saved.is_file():
+            return resolved
+        before = _comparable(_with_defaults(read_config_file(saved)))
+        if before != _comparable(plain_config(resolved)):
             raise ConfigError(
                 [
                     f"{saved.parent} holds a run of a different config; use another --out, "
@@ -208,6 +209,15 @@ class Experiment:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _with_defaults(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A saved config with today's defaults filled in, so that an option added since it was
+    written (at its default) is not a change; as it is if it no longer resolves."""
+    try:
+        return plain_config(resolve_config(data))
+    except ConfigError:
+        return data
 
 
 OUTPUT_ONLY_FIELDS = ("checkpoint_every", "log_every", "histogram_every", "progress")
