@@ -12,7 +12,6 @@ Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.C
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -26,7 +25,7 @@ import cattrs
 import yaml
 from cattrs.errors import ClassValidationError, IterableValidationError
 
-from fewmask.errors import ConfigError, FewmaskError
+from fewmask.errors import ConfigError, FewmaskError, closest_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,15 +36,23 @@ if TYPE_CHECKING:
     from fewmask.registry import ComponentInfo, Registry
 
 
-def option(default: Any = attrs.NOTHING, *, help: str, factory: Any = None, **bounds: Any) -> Any:
+def option(
+    default: Any = attrs.NOTHING,
+    *,
+    help: str,
+    factory: Any = None,
+    output_only: bool = False,
+    **bounds: Any,
+) -> Any:
     """An attrs field with a help text and checks (``ge``, ``gt``, ``le``, ``lt``, ``choices``).
 
     The checks run in :func:`check_values` so that every violation is reported together.
+    ``output_only`` marks a field that changes what is written and when, never the numbers.
     """
     unknown = set(bounds) - {"ge", "gt", "le", "lt", "choices"}
     if unknown:
         raise TypeError(f"unknown bound(s) {sorted(unknown)}")
-    metadata = {"help": help, **bounds}
+    metadata = {"help": help, "output_only": output_only, **bounds}
     if factory is not None:
         return attrs.field(factory=factory, metadata=metadata)
     return attrs.field(default=default, metadata=metadata)
@@ -104,15 +111,17 @@ class TrainConfig:
     val_episodes: int = option(200, ge=0, help="validation tasks (fresh each time); 0 disables")
     test_episodes: int = option(1000, ge=1, help="meta-test tasks, fixed by the seed")
     checkpoint_every: int = option(
-        1000, ge=1, help="write the checkpoint every this many iterations"
+        1000, ge=1, output_only=True, help="write the checkpoint every this many iterations"
     )
-    log_every: int = option(10, ge=1, help="write training scalars every this many iterations")
+    log_every: int = option(
+        10, ge=1, output_only=True, help="write training scalars every this many iterations"
+    )
     histogram_every: int = option(
-        1000, ge=1, help="write score histograms every this many iterations"
+        1000, ge=1, output_only=True, help="write score histograms every this many iterations"
     )
     device: str = option("cpu", help="torch device: cpu, cuda, cuda:1, ...")
     dtype: str = option("float32", choices=("float32", "float64"), help="floating-point precision")
-    progress: bool = option(True, help="show a progress bar on stderr")
+    progress: bool = option(True, output_only=True, help="show a progress bar on stderr")
     engine: str = option(
         "exact",
         choices=("exact", "fast"),
@@ -194,9 +203,9 @@ def unknown_keys_message(unknown: Iterable[str], valid: list[str]) -> str:
     """``unknown key(s): a (did you mean 'b'?), c``, or the valid keys when none is close."""
     words, close_to_any = [], False
     for key in sorted(unknown):
-        close = difflib.get_close_matches(key, valid, n=1)
-        close_to_any |= bool(close)
-        words.append(f"{key} (did you mean {close[0]!r}?)" if close else key)
+        close = closest_name(key, valid)
+        close_to_any |= close is not None
+        words.append(f"{key} (did you mean {close!r}?)" if close else key)
     text = f"unknown key(s): {', '.join(words)}"
     return text if close_to_any else f"{text}; valid: {', '.join(valid)}"
 

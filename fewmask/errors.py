@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def closest_name(name: str, choices: Iterable[str]) -> str | None:
+    """The choice a typo of ``name`` most likely meant, or None when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return close[0] if close else None
+
 
 class FewmaskError(Exception):
     """Base class of every error fewmask raises on purpose."""

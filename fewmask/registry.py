@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import attrs
 
-from fewmask.errors import DuplicateComponentError, UnknownComponentError
+from fewmask.errors import DuplicateComponentError, UnknownComponentError, closest_name
 from fewmask.interfaces import COMPONENT_KINDS
 
 
@@ -118,9 +117,9 @@ class Registry:
         """Why ``name`` is not a known ``kind``: suggestion, available names, failed plugins."""
         available = sorted(self._entries[kind])
         msg = f"no {kind} named {name!r}."
-        close = difflib.get_close_matches(str(name), available, n=1)
+        close = closest_name(name, available)
         if close:
-            msg += f" Did you mean {close[0]!r}?"
+            msg += f" Did you mean {close!r}?"
         msg += f" Available: {', '.join(available) or '(none)'}."
         for failure in self.failures:
             msg += f" Note: {failure}."

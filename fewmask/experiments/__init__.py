@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fewmask.config import apply_overrides, read_config_file
-from fewmask.errors import ConfigError
+from fewmask.errors import ConfigError, closest_name
 from fewmask.experiments import (  # noqa: F401  (each module registers its experiment)
     constant_weights,
     cross_domain,
@@ -44,10 +44,8 @@ def run_experiment(
     """Run experiment ``name`` over the base ``config`` (file or plain data, with ``-o``-style
     ``overrides``); ``settings`` are the experiment's own options. Returns the table rows."""
     if name not in EXPERIMENTS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest_name(name, EXPERIMENTS)
+        hint = f" Did you mean {close!r}?" if close else ""
         raise ConfigError(
             [f"no experiment named {name!r}.{hint} Available: {', '.join(sorted(EXPERIMENTS))}"]
         )

@@ -21,6 +21,7 @@ import torch
 
 from fewmask.config import (
     ResolvedConfig,
+    TrainConfig,
     dump_config,
     plain_config,
     read_config_file,
@@ -220,17 +221,14 @@ def _with_defaults(data: Mapping[str, Any]) -> Mapping[str, Any]:
         return data
 
 
-OUTPUT_ONLY_FIELDS = ("checkpoint_every", "log_every", "histogram_every", "progress")
-"""``train`` fields that change what is written and when, never the numbers."""
-
-
 def _comparable(data: Mapping[str, Any]) -> dict[str, Any]:
     """A config without the fields that do not change results (``run_dir``: an experiment's
     output folder may be moved or renamed and still be reused)."""
     data = json.loads(json.dumps(data))
     data.pop("run_dir", None)
-    for field in OUTPUT_ONLY_FIELDS:
-        data.get("train", {}).pop(field, None)
+    for field in attrs.fields(TrainConfig):
+        if field.metadata.get("output_only"):
+            data.get("train", {}).pop(field.name, None)
     return data
 
 
