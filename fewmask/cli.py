@@ -63,7 +63,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_options(args: argparse.Namespace) -> int:
-    from fewmask.config import options_markdown
+    from fewmask.options import options_markdown
 
     print(options_markdown(), end="")
     return 0

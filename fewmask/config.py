@@ -13,7 +13,6 @@ Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.C
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -21,11 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
 import yaml
 from cattrs.errors import ClassValidationError, IterableValidationError
 
-from fewmask.errors import ConfigError, FewmaskError, closest_name
+from fewmask.errors import ConfigError, FewmaskError
+from fewmask.options import (
+    check_values,
+    converter,
+    option,
+    render_error,
+    structure_config,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,63 +39,6 @@ else:  # pragma: no cover - Python 3.10
 
 if TYPE_CHECKING:
     from fewmask.registry import ComponentInfo, Registry
-
-
-def option(
-    default: Any = attrs.NOTHING,
-    *,
-    help: str,
-    factory: Any = None,
-    output_only: bool = False,
-    **bounds: Any,
-) -> Any:
-    """An attrs field with a help text and checks (``ge``, ``gt``, ``le``, ``lt``, ``choices``).
-
-    The checks run in :func:`check_values` so that every violation is reported together.
-    ``output_only`` marks a field that changes what is written and when, never the numbers.
-    """
-    unknown = set(bounds) - {"ge", "gt", "le", "lt", "choices"}
-    if unknown:
-        raise TypeError(f"unknown bound(s) {sorted(unknown)}")
-    metadata = {"help": help, "output_only": output_only, **bounds}
-    if factory is not None:
-        return attrs.field(factory=factory, metadata=metadata)
-    return attrs.field(default=default, metadata=metadata)
-
-
-def _strict(kind: type, accepts: tuple[type, ...], name: str):
-    def structure(value: Any, _: type) -> Any:
-        if isinstance(value, bool) and kind is not bool:
-            raise TypeError(f"expected {name}, got a boolean")
-        if not isinstance(value, accepts):
-            raise TypeError(f"expected {name}, got {type(value).__name__} {value!r}")
-        return kind(value)
-
-    return structure
-
-
-def make_converter() -> cattrs.Converter:
-    """The converter: unknown keys are errors; no silent ``"3" -> 3`` or ``3.7 -> 3``."""
-    converter = cattrs.Converter(forbid_extra_keys=True)
-    converter.register_structure_hook(int, _strict(int, (int,), "an integer"))
-    converter.register_structure_hook(float, _strict(float, (int, float), "a number"))
-    converter.register_structure_hook(bool, _strict(bool, (bool,), "true or false"))
-    converter.register_structure_hook(str, _strict(str, (str,), "a string"))
-    converter.register_structure_hook_func(
-        lambda t: t == dict[str, Any], lambda v, _: _require_mapping(v)
-    )
-    return converter
-
-
-def _require_mapping(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TypeError(f"expected a mapping of options, got {type(value).__name__} {value!r}")
-    return dict(value)
-
-
-converter = make_converter()
 
 
 @attrs.frozen
@@ -178,83 +126,6 @@ COMPONENT_FIELDS: dict[str, str] = {
 """Config field -> registry kind."""
 
 
-def _render(exc: Exception, path: str) -> list[str]:
-    if isinstance(exc, (ClassValidationError, IterableValidationError)):
-        lines = cattrs.transform_error(exc, path=path, format_exception=_format_exception)
-        out = []
-        for line in lines:
-            message, _, where = line.rpartition(" @ ")
-            out.append(f"{where}: {message}")
-        return out
-    return [f"{path}: {exc}"]
-
-
-def _format_exception(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, KeyError):
-        return "required field missing"
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return unknown_keys_message(exc.extra_fields, [f.name for f in attrs.fields(exc.cl)])
-    if isinstance(exc, (TypeError, ValueError)) and str(exc):
-        return str(exc)
-    return cattrs.v.format_exception(exc, type_)
-
-
-def unknown_keys_message(unknown: Iterable[str], valid: list[str]) -> str:
-    """``unknown key(s): a (did you mean 'b'?), c``, or the valid keys when none is close."""
-    words, close_to_any = [], False
-    for key in sorted(unknown):
-        close = closest_name(key, valid)
-        close_to_any |= close is not None
-        words.append(f"{key} (did you mean {close!r}?)" if close else key)
-    text = f"unknown key(s): {', '.join(words)}"
-    return text if close_to_any else f"{text}; valid: {', '.join(valid)}"
-
-
-def check_values(obj: Any, path: str = "$") -> list[str]:
-    """Range and choice problems of an attrs config object (recursively), as ``$.path: problem``."""
-    problems: list[str] = []
-    for field in attrs.fields(type(obj)):
-        value = getattr(obj, field.name)
-        where = f"{path}.{field.name}"
-        if attrs.has(type(value)):
-            problems += check_values(value, where)
-            continue
-        meta = field.metadata
-        if value is None or isinstance(value, bool):
-            continue
-        if "choices" in meta and value not in meta["choices"]:
-            problems.append(
-                f"{where}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}"
-            )
-        if isinstance(value, (int, float)):
-            if isinstance(value, float) and not math.isfinite(value):
-                problems.append(f"{where}: must be finite, got {value}")
-            for key, test, word in (
-                ("ge", lambda v, b: v >= b, ">="),
-                ("gt", lambda v, b: v > b, ">"),
-                ("le", lambda v, b: v <= b, "<="),
-                ("lt", lambda v, b: v < b, "<"),
-            ):
-                if key in meta and not test(value, meta[key]):
-                    problems.append(f"{where}: must be {word} {meta[key]}, got {value}")
-    return problems
-
-
-def structure_config(cls: type, data: Any, path: str) -> Any:
-    """Structure ``data`` into the attrs class ``cls``; every problem in one ConfigError."""
-    problems: list[str] = []
-    config = None
-    try:
-        config = converter.structure(_require_mapping(data), cls)
-    except (ClassValidationError, IterableValidationError, TypeError) as exc:
-        problems += _render(exc, path)
-    if config is not None:
-        problems += check_values(config, path)
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
 def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
     """Structure ``options`` into the config class of ``info``; raise one ConfigError if wrong."""
     if info.config_cls is None:
@@ -311,7 +182,7 @@ def parse_experiment(data: Any, source: str | None = None) -> ExperimentConfig:
     try:
         experiment = converter.structure(_with_default_names(data), ExperimentConfig)
     except (ClassValidationError, IterableValidationError, TypeError) as exc:
-        raise ConfigError(_render(exc, "$"), source) from None
+        raise ConfigError(render_error(exc, "$"), source) from None
     problems = check_values(experiment)
     if problems:
         raise ConfigError(problems, source)

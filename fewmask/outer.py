@@ -14,7 +14,7 @@ import attrs
 import torch
 from torch import nn
 
-from fewmask.config import option
+from fewmask.options import option
 
 
 @attrs.frozen

@@ -1,17 +1,18 @@
-"""Test helpers for fewmask and its plugins; opt in with ``pytest_plugins = ["fewmask.testing"]``.
+"""Test helpers for fewmask and its plugins, importable without pytest.
 
-fewmask's own suite loads it with ``-p fewmask.testing``. Fixtures: ``tiny_dataset`` (random
-uint8 images, 8 classes x 6), ``registry`` (a fresh registry, strict plugin loading).
+- :func:`make_dataset`: random uint8 images in a :class:`~fewmask.interfaces.FewShotDataset`;
+- :func:`reference_mlp_forward`, :func:`reference_meta_loss`: the straightforward per-task
+  implementation that every engine path, test and benchmark is checked against.
+
+The pytest fixtures live in :mod:`fewmask.pytest_plugin`
+(``pytest_plugins = ["fewmask.pytest_plugin"]``).
 """
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from fewmask.interfaces import FewShotDataset
-from fewmask.plugins import load_registry
-from fewmask.registry import Registry
 
 
 def make_dataset(
@@ -28,48 +29,6 @@ def make_dataset(
     )
     labels = torch.arange(classes).repeat_interleave(per_class)
     return FewShotDataset(images, labels, tuple(f"c{i}" for i in range(classes)), name)
-
-
-@pytest.fixture
-def tiny_dataset() -> FewShotDataset:
-    return make_dataset()
-
-
-@pytest.fixture
-def registry() -> Registry:
-    return load_registry(strict=True)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_seed_and_registry():
-    """Every test starts from torch seed 0, one thread (tiny nets run faster on one, and the
-    project's 2-core machines are shared), and a registry that is reloaded on first use."""
-    from fewmask.plugins import reset_default_registry
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    reset_default_registry()
-    yield
-    reset_default_registry()
-    torch.set_num_threads(threads)
-
-
-def _hypothesis_profiles() -> None:
-    import os
-
-    try:
-        from hypothesis import HealthCheck, settings
-    except ImportError:  # hypothesis is a test extra
-        return
-    settings.register_profile(
-        "ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-    )
-    settings.register_profile("thorough", max_examples=300, deadline=None)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-_hypothesis_profiles()
 
 
 def reference_mlp_forward(params: dict, masks: dict | None, x: torch.Tensor) -> torch.Tensor:

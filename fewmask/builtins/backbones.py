@@ -13,8 +13,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from fewmask.config import option
 from fewmask.interfaces import Backbone
+from fewmask.options import option
 
 
 def _hidden_sizes(default: tuple[int, ...]):

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from fewmask.builtins.backbones import LinearHeadBackbone
 from fewmask.checkpointing import checkpointed
-from fewmask.config import option
 from fewmask.errors import ConfigError
+from fewmask.options import option
 
 OPTIONS = "$.backbone.options"
 

@@ -8,8 +8,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from fewmask.config import option
 from fewmask.interfaces import Backbone, InnerOptimizer, Params
+from fewmask.options import option
 
 
 @attrs.frozen

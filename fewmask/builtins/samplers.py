@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fewmask.config import option
 from fewmask.errors import DatasetError
 from fewmask.interfaces import Episode, EpisodeSampler, FewShotDataset
+from fewmask.options import option
 
 
 @attrs.frozen

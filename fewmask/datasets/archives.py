@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewmask.config import option
 from fewmask.datasets import common
 from fewmask.errors import DatasetError
 from fewmask.interfaces import DatasetSource, FewShotDataset
+from fewmask.options import option
 
 Box = tuple[int, int, int, int]
 """A bounding box as written in the archives: 1-based pixel coordinates, inclusive."""

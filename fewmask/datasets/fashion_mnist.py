@@ -11,10 +11,10 @@ import attrs
 import numpy as np
 import torch
 
-from fewmask.config import option
 from fewmask.datasets import common
 from fewmask.errors import DatasetError
 from fewmask.interfaces import DatasetSource, FewShotDataset
+from fewmask.options import option
 
 NAME = "fashion_mnist"
 CLASSES = (

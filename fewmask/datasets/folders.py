@@ -7,10 +7,10 @@ from pathlib import Path
 
 import attrs
 
-from fewmask.config import option
 from fewmask.datasets import common
 from fewmask.errors import DatasetError
 from fewmask.interfaces import DatasetSource, FewShotDataset
+from fewmask.options import option
 
 NAME = "image_folder"
 BUILTIN = ("cub", "cub_meta_dataset", "vgg_flower", "aircraft", "cars")

@@ -7,10 +7,10 @@ from pathlib import Path
 import attrs
 import torch
 
-from fewmask.config import option
 from fewmask.datasets import common
 from fewmask.errors import DatasetError
 from fewmask.interfaces import DatasetSource, FewShotDataset
+from fewmask.options import option
 
 NAME = "omniglot"
 FOLDERS = {"background": "images_background", "evaluation": "images_evaluation"}

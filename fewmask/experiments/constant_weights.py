@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 
-from fewmask.config import option
 from fewmask.experiments.common import (
     Experiment,
     check_choices,
@@ -28,6 +27,7 @@ from fewmask.experiments.common import (
     result_row,
 )
 from fewmask.experiments.plots import Series, bar_chart
+from fewmask.options import option
 
 VARIANTS = ("metaticket_constant", "random_subnetwork", "metaticket_random_weights")
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import attrs
 
-from fewmask.config import option
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import (
     Experiment,
@@ -24,6 +23,7 @@ from fewmask.experiments.common import (
 )
 from fewmask.experiments.methods import METHODS, method_patch
 from fewmask.experiments.plots import Series, bar_chart
+from fewmask.options import option
 
 OWN = "own test split"
 

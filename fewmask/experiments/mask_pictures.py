@@ -20,9 +20,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from fewmask.config import option
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import Experiment, markdown_table, register
+from fewmask.options import option
 from fewmask.trainer import CHECKPOINT, Trainer
 
 

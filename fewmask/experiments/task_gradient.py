@@ -22,7 +22,6 @@ import attrs
 import torch
 from torch import Tensor
 
-from fewmask.config import option
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import (
     Experiment,
@@ -36,6 +35,7 @@ from fewmask.experiments.common import (
 from fewmask.experiments.methods import METHODS, method_patch
 from fewmask.experiments.plots import Series, line_chart, tile
 from fewmask.interfaces import Backbone, InnerOptimizer, Masker, Params
+from fewmask.options import option
 from fewmask.progress import Progress
 from fewmask.trainer import CHECKPOINT, RESULTS
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import attrs
 
-from fewmask.config import option
 from fewmask.experiments.common import (
     Experiment,
     check_choices,
@@ -22,6 +21,7 @@ from fewmask.experiments.common import (
 )
 from fewmask.experiments.methods import METHODS, method_patch
 from fewmask.experiments.plots import Series, line_chart, tile
+from fewmask.options import option
 
 
 @attrs.frozen
