@@ -1,17 +1,19 @@
 """fewmask: gradient-based meta-learning of sparse subnetworks (Meta-ticket, MAML family).
 
-Public API::
+This package root is the public API: everything a user or a plugin needs is importable from
+here, and plugins import nothing else from fewmask (``import-linter`` checks it)::
 
-    from fewmask import hookimpl                      # for plugin authors
-    from fewmask import Trainer, build_trainer, create, load_config, list_components
+    from fewmask import hookimpl, option, component                  # plugin authors
     from fewmask import Backbone, Masker, InnerOptimizer, MetaObjective, EpisodeSampler
+    from fewmask import Trainer, TrainConfig, build_trainer, create, load_config
+
+The functions that need a registry (``create``, ``build_trainer``, ...) use the process's
+default session unless given ``registry=`` (see :mod:`fewmask.session`).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from fewmask.config import ComponentRef, ExperimentConfig, TrainConfig, load_config, option
+from fewmask.config import ExperimentConfig, TrainConfig
 from fewmask.errors import (
     CheckpointError,
     ConfigError,
@@ -22,7 +24,6 @@ from fewmask.errors import (
     PluginLoadError,
     UnknownComponentError,
 )
-from fewmask.factory import build_trainer, create
 from fewmask.hookspecs import hookimpl
 from fewmask.interfaces import (
     Backbone,
@@ -33,20 +34,28 @@ from fewmask.interfaces import (
     InnerOptimizer,
     Masker,
     MetaObjective,
+    Params,
 )
-from fewmask.plugins import default_registry, load_registry
+from fewmask.options import ComponentRef, component, option
+from fewmask.plugins import load_registry
+from fewmask.registry import ComponentInfo, Registry
+from fewmask.resolve import ResolvedConfig
+from fewmask.session import (
+    build_trainer,
+    create,
+    default_registry,
+    list_components,
+    load_config,
+    reset_default_registry,
+    resolve,
+)
 from fewmask.trainer import Trainer
-
-
-def list_components(kind: str | None = None) -> list[str]:
-    """Registered component names (of one kind, or ``kind:name`` for all kinds)."""
-    infos = default_registry().list(kind)
-    return [info.name if kind else f"{info.kind}:{info.name}" for info in infos]
-
+from fewmask.version import __version__
 
 __all__ = [
     "Backbone",
     "CheckpointError",
+    "ComponentInfo",
     "ComponentRef",
     "ConfigError",
     "DatasetError",
@@ -61,12 +70,16 @@ __all__ = [
     "Masker",
     "MetaObjective",
     "NonFiniteError",
+    "Params",
     "PluginLoadError",
+    "Registry",
+    "ResolvedConfig",
     "TrainConfig",
     "Trainer",
     "UnknownComponentError",
     "__version__",
     "build_trainer",
+    "component",
     "create",
     "default_registry",
     "hookimpl",
@@ -74,4 +87,6 @@ __all__ = [
     "load_config",
     "load_registry",
     "option",
+    "reset_default_registry",
+    "resolve",
 ]

@@ -4,8 +4,10 @@ Structuring happens in two phases so every problem is reported at once, before a
 
 1. the file (plus ``-o key=value`` overrides) becomes an :class:`ExperimentConfig` whose component
    references keep their ``options`` as plain dicts;
-2. each reference's name is looked up in the registry and its options are structured into the
-   component's own config class (:func:`resolve_config`).
+2. each reference's name is looked up in a registry and its options are structured into the
+   component's own config class (:func:`fewmask.resolve.resolve_config`).
+
+This module is the schema and the file IO; it never touches a registry itself.
 
 Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.ConfigError`.
 """
@@ -23,13 +25,13 @@ import attrs
 import yaml
 from cattrs.errors import ClassValidationError, IterableValidationError
 
-from fewmask.errors import ConfigError, FewmaskError
+from fewmask.errors import ConfigError
 from fewmask.options import (
+    ComponentRef,
     check_values,
     converter,
     option,
     render_error,
-    structure_config,
 )
 
 if sys.version_info >= (3, 11):
@@ -38,15 +40,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 if TYPE_CHECKING:
-    from fewmask.registry import ComponentInfo, Registry
-
-
-@attrs.frozen
-class ComponentRef:
-    """A component chosen by name, with the options of its config class."""
-
-    name: str = option(help="registered name of the component (see `fewmask plugins`)")
-    options: dict[str, Any] = option(factory=dict, help="fields of the component's config class")
+    from fewmask.registry import Registry
 
 
 @attrs.frozen
@@ -126,24 +120,7 @@ COMPONENT_FIELDS: dict[str, str] = {
 """Config field -> registry kind."""
 
 
-def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
-    """Structure ``options`` into the config class of ``info``; raise one ConfigError if wrong."""
-    if info.config_cls is None:
-        if options:
-            raise ConfigError([f"{path}: {info.kind} '{info.name}' takes no options"])
-        return None
-    return structure_config(info.config_cls, options, path)
-
-
-@attrs.frozen
-class ResolvedConfig:
-    """An experiment config with every component looked up and its options structured."""
-
-    experiment: ExperimentConfig
-    components: dict[str, tuple[ComponentInfo, Any]]
-
-
-def _with_default_names(data: Mapping[str, Any]) -> dict[str, Any]:
+def with_default_names(data: Mapping[str, Any]) -> dict[str, Any]:
     """Fill the default ``name`` of a component given only ``options`` (e.g. by an override)."""
     data = dict(data)
     for field in attrs.fields(ExperimentConfig):
@@ -154,25 +131,6 @@ def _with_default_names(data: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _with_default_masker_name(data: Mapping[str, Any], registry: Registry) -> Mapping[str, Any]:
-    """A masker given without a name (omitted, or only ``options``, e.g. from
-    ``-o masker.options.x=1``) is the objective's own masker (``MetaObjective.default_masker``)."""
-    masker = data.get("masker") or {}
-    default_objective = attrs.fields(ExperimentConfig).objective.default.factory().name
-    objective = data.get("objective") or {"name": default_objective}
-    if not (
-        isinstance(masker, Mapping) and "name" not in masker and isinstance(objective, Mapping)
-    ):
-        return data
-    name = objective.get("name")
-    if not isinstance(name, str) or name not in registry.names("objective"):
-        return data  # the unknown objective is reported; the masker stays unresolved
-    return {
-        **data,
-        "masker": {"name": registry.get("objective", name).cls.default_masker, **masker},
-    }
-
-
 def parse_experiment(data: Any, source: str | None = None) -> ExperimentConfig:
     """Phase 1: plain data -> :class:`ExperimentConfig` (options stay dicts)."""
     if not isinstance(data, Mapping):
@@ -180,74 +138,13 @@ def parse_experiment(data: Any, source: str | None = None) -> ExperimentConfig:
             [f"$: expected a mapping at the top level, got {type(data).__name__}"], source
         )
     try:
-        experiment = converter.structure(_with_default_names(data), ExperimentConfig)
+        experiment = converter.structure(with_default_names(data), ExperimentConfig)
     except (ClassValidationError, IterableValidationError, TypeError) as exc:
         raise ConfigError(render_error(exc, "$"), source) from None
     problems = check_values(experiment)
     if problems:
         raise ConfigError(problems, source)
     return experiment
-
-
-def resolve_config(
-    data: Any, registry: Registry | None = None, source: str | None = None
-) -> ResolvedConfig:
-    """Both phases: validate everything, report every problem at once, allocate nothing."""
-    from fewmask.plugins import default_registry
-
-    registry = registry or default_registry()
-    problems: list[str] = []
-    experiment: ExperimentConfig | None = None
-    if isinstance(data, ExperimentConfig):
-        data = unstructure(data)
-    if isinstance(data, Mapping):
-        data = _with_default_masker_name(data, registry)
-    try:
-        experiment = parse_experiment(data, source)
-    except ConfigError as exc:
-        problems += exc.problems
-    if experiment is not None:
-        raw = unstructure(experiment)
-    else:
-        raw = _with_default_names(data) if isinstance(data, Mapping) else {}
-    components = _resolve_components(raw, registry, problems)
-    if problems:
-        raise ConfigError(problems, source)
-    assert experiment is not None
-    return ResolvedConfig(experiment, components)
-
-
-def _resolve_components(
-    raw: Mapping[str, Any], registry: Registry, problems: list[str]
-) -> dict[str, tuple[ComponentInfo, Any]]:
-    """Look up every component reference of plain config data and structure its options.
-
-    Runs even when phase 1 failed, so a typo in a name and one in ``train`` are reported together.
-    """
-    refs = {field: raw.get(field) for field in COMPONENT_FIELDS}
-    defaults = {f.name: f.default for f in attrs.fields(ExperimentConfig)}
-    for field, ref in refs.items():
-        if ref is None and isinstance(defaults[field], attrs.Factory):
-            refs[field] = {"name": defaults[field].factory().name}
-    components: dict[str, tuple[ComponentInfo, Any]] = {}
-    extra = raw.get("test_datasets")
-    for i, ref in enumerate(extra if isinstance(extra, list) else []):
-        refs[f"test_datasets[{i}]"] = ref
-    for field, ref in refs.items():
-        kind = COMPONENT_FIELDS.get(field, "dataset")
-        if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
-            continue  # phase 1 already reported the shape of this reference
-        name = ref["name"]
-        if name not in registry.names(kind):
-            problems.append(f"$.{field}.name: {registry.unknown_message(kind, name)}")
-            continue
-        info = registry.get(kind, name)
-        try:
-            options = structure_options(info, ref.get("options"), f"$.{field}.options")
-            components[field] = (info, options)
-        except ConfigError as exc:
-            problems += exc.problems
-    return components
 
 
 class _Loader(yaml.SafeLoader):
@@ -330,66 +227,62 @@ def apply_overrides(
     return data
 
 
-def load_config(
-    path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None
-) -> ResolvedConfig:
-    """Read, override, validate and resolve a config file in one go."""
-    data = apply_overrides(read_config_file(path), overrides)
-    return resolve_config(data, registry, source=str(path))
-
-
 def unstructure(config: ExperimentConfig) -> dict[str, Any]:
     """Plain data for YAML/JSON (the inverse of :func:`parse_experiment`)."""
     return converter.unstructure(config)
 
 
-def plain_config(config: ExperimentConfig | ResolvedConfig) -> dict[str, Any]:
-    """JSON-compatible data of a config (a resolved one with all component options spelled out)."""
-    data = unstructure(config.experiment if isinstance(config, ResolvedConfig) else config)
-    if isinstance(config, ResolvedConfig):
-        for field, (_, options) in config.components.items():
-            plain = converter.unstructure(options) if options is not None else {}
-            if field.startswith("test_datasets["):
-                data["test_datasets"][int(field[14:-1])]["options"] = plain
-            else:
-                data[field]["options"] = plain
-    return json.loads(json.dumps(data))  # tuples -> lists
-
-
-def dump_config(
-    config: ExperimentConfig | ResolvedConfig | dict[str, Any], path: str | Path
-) -> None:
-    """Write a config (or its plain data) as YAML."""
-    data = config if isinstance(config, dict) else plain_config(config)
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+def dump_config(config: ExperimentConfig | Mapping[str, Any], path: str | Path) -> None:
+    """Write a config (or its plain data, e.g. :func:`fewmask.resolve.plain_config`) as YAML."""
+    data = unstructure(config) if isinstance(config, ExperimentConfig) else dict(config)
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
 
 
 def fields_markdown(cls: type) -> str:
     """A markdown table of an attrs config class: field, type, default, help."""
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
-    for field in attrs.fields(attrs.resolve_types(cls)):
+    for field in attrs.fields(cls):
         default = field.default
         if isinstance(default, attrs.Factory):
             default = default.factory()
-            default = default.name if isinstance(default, ComponentRef) else "(see below)"
-        kind = field.type.__name__ if isinstance(field.type, type) else str(field.type)
-        kind = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", kind).replace("|", "\\|")
+            if isinstance(default, ComponentRef):
+                default = default.name
+            elif attrs.has(type(default)):
+                default = f"(section `{field.name}`)"
+        kind = type_name(field.type)
         bounds = ", ".join(
             f"{k} {field.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in field.metadata
         )
         if "choices" in field.metadata:
             bounds = "one of " + ", ".join(map(str, field.metadata["choices"]))
         meaning = field.metadata.get("help", "") + (f" ({bounds})" if bounds else "")
-        shown = "(required)" if default is attrs.NOTHING else f"`{default!r}`"
+        if default is attrs.NOTHING:
+            shown = "(required)"
+        elif isinstance(default, str) and default.startswith("(section"):
+            shown = default
+        else:
+            shown = f"`{default!r}`"
         rows.append(f"| `{field.name}` | `{kind}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 
-def options_markdown(registry: Registry | None = None) -> str:
-    """Every config field: the experiment, training, and each registered component's options."""
-    from fewmask.plugins import default_registry
+def type_name(annotation: Any) -> str:
+    """A field's type as written in its class (``int | None``), the same on every Python.
 
-    registry = registry or default_registry()
+    Under ``from __future__ import annotations`` attrs keeps the source text; a class without
+    it gives a type object, rendered without module prefixes.
+    """
+    if isinstance(annotation, str):
+        text = annotation
+    elif isinstance(annotation, type):
+        text = annotation.__name__
+    else:
+        text = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(annotation))
+    return text.replace("|", "\\|")
+
+
+def options_markdown(registry: Registry) -> str:
+    """Every config field: the experiment, training, and each registered component's options."""
     parts = [
         "## Experiment (top level)\n",
         fields_markdown(ExperimentConfig),
@@ -405,22 +298,15 @@ def options_markdown(registry: Registry | None = None) -> str:
 
 
 __all__ = [
+    "COMPONENT_FIELDS",
     "ComponentRef",
-    "ConfigError",
     "ExperimentConfig",
-    "FewmaskError",
-    "ResolvedConfig",
     "TrainConfig",
     "apply_overrides",
-    "check_values",
-    "converter",
     "dump_config",
-    "load_config",
-    "option",
+    "options_markdown",
     "parse_experiment",
-    "plain_config",
+    "parse_value",
     "read_config_file",
-    "resolve_config",
-    "structure_options",
     "unstructure",
 ]

@@ -44,6 +44,36 @@ def option(
     return attrs.field(default=default, metadata=metadata)
 
 
+@attrs.frozen
+class ComponentRef:
+    """A component chosen by name, with the options of its config class."""
+
+    name: str = option(help="registered name of the component (see `fewmask plugins`)")
+    options: dict[str, Any] = option(factory=dict, help="fields of the component's config class")
+
+
+def component(kind: str, default: str | None = None, *, help: str) -> Any:
+    """A config field that names another registered component of ``kind``, with its options.
+
+    Written ``{name: ..., options: {...}}`` in a config. The factory resolves it like a
+    top-level component (so ``fewmask validate`` checks its name and options under this field's
+    path) and passes the built component to the owner's constructor as a keyword argument of
+    the field's name: ``field: ComponentRef = component("masker", "metaticket", help=...)``
+    makes ``cls(config, field=<built masker>)``.
+    """
+    metadata = {"help": help, "output_only": False, "component": kind}
+    if default is None:
+        return attrs.field(metadata=metadata)
+    return attrs.field(factory=lambda: ComponentRef(default), metadata=metadata)
+
+
+def component_fields(cls: type) -> dict[str, str]:
+    """``{field name: component kind}`` of the :func:`component` fields of a config class."""
+    if cls is None or not attrs.has(cls):
+        return {}
+    return {f.name: f.metadata["component"] for f in attrs.fields(cls) if "component" in f.metadata}
+
+
 def _strict(kind: type, accepts: tuple[type, ...], name: str):
     def structure(value: Any, _: type) -> Any:
         if isinstance(value, bool) and kind is not bool:

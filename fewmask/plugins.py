@@ -39,7 +39,7 @@ def _env_flag(name: str) -> bool:
 
 
 def _builtin_provider() -> Provider:
-    from fewmask import __version__
+    from fewmask.version import __version__
 
     return Provider("builtins", "fewmask", __version__)
 
@@ -133,20 +133,3 @@ def load_registry(
                 strict_mode,
             )
     return registry
-
-
-_default_registry: Registry | None = None
-
-
-def default_registry() -> Registry:
-    """The registry of this process, loaded once on first use (lazy: importing fewmask is cheap)."""
-    global _default_registry
-    if _default_registry is None:
-        _default_registry = load_registry()
-    return _default_registry
-
-
-def reset_default_registry() -> None:
-    """Forget the process registry so the next use reloads plugins (tests, notebooks)."""
-    global _default_registry
-    _default_registry = None

@@ -33,7 +33,7 @@ def registry() -> Registry:
 def _fresh_seed_and_registry():
     """Every test starts from torch seed 0, one thread (tiny nets run faster on one, and the
     project's 2-core machines are shared), and a registry that is reloaded on first use."""
-    from fewmask.plugins import reset_default_registry
+    from fewmask.session import reset_default_registry
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

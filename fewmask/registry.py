@@ -1,4 +1,9 @@
-"""The component registry: names -> (class, config class, provider), filled by plugins."""
+"""The component registry: names -> (class, config class, provider), filled by plugins.
+
+A :class:`Registry` is a plain object: :func:`fewmask.plugins.load_registry` makes one per
+session and hands each plugin's ``fewmask_register`` hook a :class:`ScopedRegistry` view of it.
+There is no registry at module level; building components from it is :mod:`fewmask.factory`'s.
+"""
 
 from __future__ import annotations
 
@@ -125,6 +130,10 @@ class Registry:
             msg += f" Note: {failure}."
         return msg
 
+    def kinds(self) -> list[str]:
+        """Every kind of component, in the order of :data:`fewmask.interfaces.COMPONENT_KINDS`."""
+        return list(self._entries)
+
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])
 
@@ -132,19 +141,6 @@ class Registry:
         """Every component (of one kind, if given), sorted by kind then name."""
         kinds = [kind] if kind else list(COMPONENT_KINDS)
         return [self._entries[k][n] for k in kinds for n in sorted(self._entries[k])]
-
-    def create(self, kind: str, name: str, options: Any = None, **kwargs: Any) -> Any:
-        """Build a component from its name and an options dict or config object.
-
-        ``kwargs`` go to the constructor (e.g. ``input_shape`` and ``num_classes`` for backbones).
-        """
-        from fewmask.config import structure_options
-
-        info = self.get(kind, name)
-        config = options
-        if info.config_cls is not None and not isinstance(options, info.config_cls):
-            config = structure_options(info, options or {}, path=f"$.{kind}.options")
-        return info.build(config, **kwargs)
 
 
 class ScopedRegistry:

@@ -7,17 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fewmask import ConfigError
-from fewmask.config import (
-    ExperimentConfig,
-    TrainConfig,
-    apply_overrides,
-    converter,
-    load_config,
-    parse_experiment,
-    plain_config,
-    resolve_config,
-)
+from fewmask import ConfigError, load_config
+from fewmask import resolve as resolve_config
+from fewmask.config import ExperimentConfig, TrainConfig, apply_overrides, parse_experiment
+from fewmask.options import converter
+from fewmask.resolve import plain_config
 
 BASE = {"backbone": {"name": "omniglot_mlp"}}
 
@@ -31,10 +25,10 @@ def problems(data) -> list[str]:
 def test_minimal_config_resolves_with_defaults():
     resolved = resolve_config(BASE)
     assert resolved.experiment.train == TrainConfig()
-    assert resolved.components["masker"][0].name == "dense"  # maml's default masker
+    assert resolved.components["masker"].name == "dense"  # maml's default masker
     mt = resolve_config({**BASE, "objective": {"name": "metaticket"}})
-    assert mt.components["masker"][0].name == "metaticket"
-    assert mt.components["objective"][1].lr == 10.0
+    assert mt.components["masker"].name == "metaticket"
+    assert mt.components["objective"].options.lr == 10.0
 
 
 def test_an_unknown_key_with_no_close_match_lists_the_valid_ones():
@@ -101,9 +95,9 @@ def test_overrides_and_yaml_scientific_floats(tmp_path):
     resolved = load_config(
         path, ["train.iterations=7", "inner.options.steps=2", "objective.name=metaticket"]
     )
-    assert resolved.components["inner"][1].lr == 1e-3
+    assert resolved.components["inner"].options.lr == 1e-3
     assert resolved.experiment.train.iterations == 7
-    assert resolved.components["objective"][0].name == "metaticket"
+    assert resolved.components["objective"].name == "metaticket"
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides({}, ["train.iterations"])
 
@@ -111,7 +105,7 @@ def test_overrides_and_yaml_scientific_floats(tmp_path):
 def test_toml_and_missing_or_broken_files(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('seed = 3\n[backbone]\nname = "mlp5"\n[backbone.options]\nwidth = 0.5\n')
-    assert load_config(toml).components["backbone"][1].width == 0.5
+    assert load_config(toml).components["backbone"].options.width == 0.5
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
@@ -143,7 +137,7 @@ def test_round_trip_through_plain_data(train, seed, width):
     again = parse_experiment(plain_config(experiment))
     assert again == experiment
     resolved = resolve_config(experiment)
-    assert resolve_config(plain_config(resolved)).components["backbone"][1].width == width
+    assert resolve_config(plain_config(resolved)).components["backbone"].options.width == width
     assert attrs.evolve(experiment) == experiment
 
 
@@ -159,9 +153,28 @@ def test_masker_options_without_a_name_go_to_the_objectives_masker():
             {**BASE, "objective": {"name": "metaticket"}}, ["masker.options.init_sparsity=0.5"]
         )
     )
-    info, options = resolved.components["masker"]
-    assert info.name == "metaticket" and options.init_sparsity == 0.5
+    masker = resolved.components["masker"]
+    assert masker.name == "metaticket" and masker.options.init_sparsity == 0.5
     assert any(
         "masker 'dense' takes no options" in p
         for p in problems(apply_overrides(BASE, ["masker.options.init_sparsity=0.5"]))
     )
+
+
+def test_create_accepts_the_config_field_or_the_registry_kind():
+    from fewmask import create
+    from fewmask.builtins.inner import SGDInner
+
+    assert isinstance(create("inner", "sgd"), SGDInner)
+    assert isinstance(create("inner_optimizer", "sgd", {"lr": 0.1}), SGDInner)
+    with pytest.raises(ConfigError, match="unknown component kind 'inners'; kinds: backbone"):
+        create("inners", "sgd")
+
+
+def test_the_options_reference_renders_types_as_written():
+    """docs/config.md must not depend on how the interpreter prints types (3.10 vs 3.11)."""
+    from fewmask.config import fields_markdown
+
+    table = fields_markdown(ExperimentConfig)
+    assert "| `masker` | `ComponentRef \\| None` | `None` |" in table
+    assert "| `train` | `TrainConfig` | (section `train`) |" in table

@@ -60,8 +60,7 @@ def method_patch(
         patch["masker"] = {
             "name": "iterand",
             "options": {
-                "base": "metaticket",
-                "base_options": masker_options,
+                "base": {"name": "metaticket", "options": masker_options},
                 "period": period,
                 "rate": 1.0,
             },

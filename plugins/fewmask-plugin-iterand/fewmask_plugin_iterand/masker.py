@@ -11,21 +11,23 @@ this ``rate``; IteRand's own code calls it ``rerand_lambda``).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from fewmask import Backbone, ConfigError, Masker, option
+from fewmask import Backbone, ComponentRef, Masker, component, option
 
 
 @attrs.frozen
 class IteRandConfig:
     """Options of the ``iterand`` masker."""
 
-    base: str = option("metaticket", help="the masker to wrap (any masker with masks)")
-    base_options: dict[str, Any] = option(factory=dict, help="options of the wrapped masker")
+    base: ComponentRef = component(
+        "masker",
+        "metaticket",
+        help="the masker to wrap, {name: ..., options: {...}} (any masker with masks)",
+    )
     period: int = option(1000, ge=1, help="re-randomise every this many outer iterations")
     rate: float = option(1.0, ge=0, le=1, help="probability that a pruned weight is re-drawn")
 
@@ -33,21 +35,11 @@ class IteRandConfig:
 class IteRandMasker(Masker):
     """Wraps another masker (``base``) and re-draws its pruned weights every ``period`` steps."""
 
-    def __init__(self, config: IteRandConfig | None = None, base: Masker | None = None):
+    def __init__(self, config: IteRandConfig, *, base: Masker):
+        """``base`` is the wrapped masker, built by the factory from ``config.base``
+        (``fewmask.create("masker", "iterand", {...})`` does that)."""
         super().__init__()
-        self.config = config = config or IteRandConfig()
-        if base is None:
-            from fewmask.plugins import default_registry
-
-            try:
-                base = default_registry().create("masker", config.base, config.base_options)
-            except ConfigError as exc:
-                raise ConfigError(
-                    [
-                        p.replace("$.masker.options", "$.masker.options.base_options")
-                        for p in exc.problems
-                    ]
-                ) from None
+        self.config = config
         self.base = base
         self.events = 0
 

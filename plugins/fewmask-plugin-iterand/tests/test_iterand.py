@@ -6,8 +6,15 @@ import pytest
 import torch
 from fewmask_plugin_iterand import IteRandMasker
 
-from fewmask import ConfigError, TrainConfig, Trainer, UnknownComponentError, create
-from fewmask.plugins import load_registry
+from fewmask import (
+    ConfigError,
+    TrainConfig,
+    Trainer,
+    UnknownComponentError,
+    create,
+    load_registry,
+    resolve,
+)
 from fewmask.testing import make_dataset
 
 
@@ -27,7 +34,11 @@ def attached(rate: float, period: int, sparsity: float = 0.5):
     masker = create(
         "masker",
         "iterand",
-        {"period": period, "rate": rate, "base_options": {"init_sparsity": sparsity}},
+        {
+            "period": period,
+            "rate": rate,
+            "base": {"name": "metaticket", "options": {"init_sparsity": sparsity}},
+        },
     )
     masker.attach(backbone)
     return backbone, masker
@@ -86,7 +97,24 @@ def test_composes_with_metaticket_in_a_trainer():
 
 
 def test_bad_base_options_are_reported_with_their_path():
-    with pytest.raises(ConfigError, match=r"\$.masker.options.base_options: unknown key"):
-        create("masker", "iterand", {"base_options": {"sparsity": 0.5}})
-    with pytest.raises(UnknownComponentError, match="no masker named 'metatiket'"):
-        create("masker", "iterand", {"base": "metatiket"})
+    with pytest.raises(ConfigError, match=r"\$.masker.options.base.options: unknown key"):
+        create("masker", "iterand", {"base": {"name": "metaticket", "options": {"sparsity": 0.5}}})
+    base = {"name": "metaticket", "options": {"init_sparsity": 2}}
+    with pytest.raises(ConfigError, match=r"\$.masker.options.base.options.init_sparsity: must"):
+        create("masker", "iterand", {"base": base})
+    with pytest.raises(ConfigError, match=r"\$.masker.options.base.name: no masker named 'metat"):
+        create("masker", "iterand", {"base": {"name": "metatiket"}})
+
+
+def test_validate_checks_the_wrapped_masker_before_any_data_is_read(tmp_path):
+    """The nested reference is resolved with the config: a bad base fails `validate`."""
+    config = {
+        "backbone": {"name": "omniglot_mlp"},
+        "dataset": {"name": "omniglot", "options": {"root": str(tmp_path / "missing")}},
+        "objective": {"name": "metaticket"},
+        "masker": {"name": "iterand", "options": {"base": {"name": "nope"}}},
+    }
+    with pytest.raises(ConfigError, match=r"\$.masker.options.base.name: no masker named 'nope'"):
+        resolve(config)
+    resolved = resolve({**config, "masker": {"name": "iterand"}})
+    assert resolved.components["masker"].nested["base"].name == "metaticket"

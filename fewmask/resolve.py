@@ -1,0 +1,173 @@
+"""Phase 2 of config validation: look every component up in a registry and check its options.
+
+:func:`resolve_config` turns plain config data (or an :class:`ExperimentConfig`) into a
+:class:`ResolvedConfig` in which every component reference, nested ones included (see
+:func:`fewmask.options.component`), is a :class:`ResolvedComponent`: the registry entry plus its
+structured, checked options. Every problem of phase 1 and phase 2 comes in one ConfigError, and
+nothing is allocated; :meth:`ResolvedComponent.build` then constructs the component.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from fewmask.config import (
+    COMPONENT_FIELDS,
+    ExperimentConfig,
+    parse_experiment,
+    unstructure,
+    with_default_names,
+)
+from fewmask.errors import ConfigError
+from fewmask.options import component_fields, converter, structure_config
+from fewmask.registry import ComponentInfo, Registry
+
+
+@attrs.frozen
+class ResolvedComponent:
+    """A registered component with its options structured into its config class.
+
+    Attributes:
+        info: the registry entry (class, config class, provider).
+        options: an instance of ``info.config_cls`` (``None`` for a component without options).
+        nested: the resolved component references among the options, by field name.
+    """
+
+    info: ComponentInfo
+    options: Any
+    nested: dict[str, ResolvedComponent] = attrs.field(factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def build(self, **kwargs: Any) -> Any:
+        """The component: nested components are built first and passed by field name."""
+        children = {field: child.build() for field, child in self.nested.items()}
+        return self.info.build(self.options, **children, **kwargs)
+
+    def plain(self) -> dict[str, Any]:
+        """``{name, options}`` as plain data, nested references spelled out in full."""
+        options = converter.unstructure(self.options) if self.options is not None else {}
+        for field, child in self.nested.items():
+            options[field] = child.plain()
+        return {"name": self.name, "options": options}
+
+
+@attrs.frozen
+class ResolvedConfig:
+    """An experiment config with every component looked up and its options structured."""
+
+    experiment: ExperimentConfig
+    components: dict[str, ResolvedComponent]
+    test_datasets: list[ResolvedComponent] = attrs.field(factory=list)
+
+
+def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
+    """Structure ``options`` into the config class of ``info``; raise one ConfigError if wrong."""
+    if info.config_cls is None:
+        if options:
+            raise ConfigError([f"{path}: {info.kind} '{info.name}' takes no options"])
+        return None
+    return structure_config(info.config_cls, options, path)
+
+
+def resolve_component(
+    registry: Registry, kind: str, ref: Any, path: str, problems: list[str]
+) -> ResolvedComponent | None:
+    """Look ``ref`` (``{name, options}`` data) up as a ``kind``; problems go to ``problems``."""
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
+        return None  # phase 1 reports the shape of a reference
+    name = ref["name"]
+    if name not in registry.names(kind):
+        problems.append(f"{path}.name: {registry.unknown_message(kind, name)}")
+        return None
+    info = registry.get(kind, name)
+    try:
+        options = structure_options(info, ref.get("options"), f"{path}.options")
+    except ConfigError as exc:
+        problems += exc.problems
+        return None
+    nested = {}
+    for field, child_kind in component_fields(info.config_cls).items():
+        child_ref = getattr(options, field)
+        child = resolve_component(
+            registry,
+            child_kind,
+            {"name": child_ref.name, "options": child_ref.options},
+            f"{path}.options.{field}",
+            problems,
+        )
+        if child is not None:
+            nested[field] = child
+    return ResolvedComponent(info, options, nested)
+
+
+def with_default_masker(data: Mapping[str, Any], registry: Registry) -> Mapping[str, Any]:
+    """A masker given without a name (omitted, or only ``options``, e.g. from
+    ``-o masker.options.x=1``) is the objective's own masker (``MetaObjective.default_masker``)."""
+    masker = data.get("masker") or {}
+    default_objective = attrs.fields(ExperimentConfig).objective.default.factory().name
+    objective = data.get("objective") or {"name": default_objective}
+    if not (
+        isinstance(masker, Mapping) and "name" not in masker and isinstance(objective, Mapping)
+    ):
+        return data
+    name = objective.get("name")
+    if not isinstance(name, str) or name not in registry.names("objective"):
+        return data  # the unknown objective is reported; the masker stays unresolved
+    return {
+        **data,
+        "masker": {"name": registry.get("objective", name).cls.default_masker, **masker},
+    }
+
+
+def resolve_config(data: Any, registry: Registry, source: str | None = None) -> ResolvedConfig:
+    """Both phases: validate everything, report every problem at once, allocate nothing."""
+    problems: list[str] = []
+    experiment: ExperimentConfig | None = None
+    if isinstance(data, ExperimentConfig):
+        data = unstructure(data)
+    if isinstance(data, Mapping):
+        data = with_default_masker(data, registry)
+    try:
+        experiment = parse_experiment(data, source)
+    except ConfigError as exc:
+        problems += exc.problems
+    if experiment is not None:
+        raw = unstructure(experiment)
+    else:  # still look the names up, so a typo in a name and one in `train` come together
+        raw = with_default_names(data) if isinstance(data, Mapping) else {}
+    defaults = {f.name: f.default for f in attrs.fields(ExperimentConfig)}
+    components = {}
+    for field, kind in COMPONENT_FIELDS.items():
+        ref = raw.get(field)
+        if ref is None and isinstance(defaults[field], attrs.Factory):
+            ref = {"name": defaults[field].factory().name}
+        resolved = resolve_component(registry, kind, ref, f"$.{field}", problems)
+        if resolved is not None:
+            components[field] = resolved
+    extra = raw.get("test_datasets")
+    test_datasets = [
+        resolve_component(registry, "dataset", ref, f"$.test_datasets[{i}]", problems)
+        for i, ref in enumerate(extra if isinstance(extra, list) else [])
+    ]
+    if problems:
+        raise ConfigError(problems, source)
+    assert experiment is not None
+    return ResolvedConfig(experiment, components, test_datasets)  # type: ignore[arg-type]
+
+
+def plain_config(config: ExperimentConfig | ResolvedConfig) -> dict[str, Any]:
+    """JSON-compatible data of a config (a resolved one with all component options spelled out)."""
+    if isinstance(config, ExperimentConfig):
+        return json.loads(json.dumps(unstructure(config)))
+    data = unstructure(config.experiment)
+    for field, resolved in config.components.items():
+        data[field] = resolved.plain()
+    data["test_datasets"] = [resolved.plain() for resolved in config.test_datasets]
+    return json.loads(json.dumps(data))  # tuples -> lists
