@@ -13,13 +13,21 @@ from fewmask.errors import CheckpointError
 
 FORMAT = "fewmask.checkpoint"
 VERSION = 1
+_PARTIAL = ".tmp"  # suffix of a write under way
+
+
+def _partial_prefix(path: Path) -> str:
+    return f".{path.name}."
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` so that a crash at any moment leaves the old file intact."""
+    """Write ``state`` to ``path`` so that a crash at any moment leaves the old file intact.
+
+    The write goes to a temporary file ``.NAME.*.tmp`` beside ``path``, renamed over it when
+    complete; a crash leaves that file behind (see :func:`discard_partial_writes`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=_PARTIAL, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **state}, f)
@@ -52,3 +60,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} has checkpoint version {state.get('version')}, expected {VERSION}"
         )
     return state
+
+
+def discard_partial_writes(path: str | Path) -> None:
+    """Remove what writes of ``path`` cut short by a crash left behind."""
+    path = Path(path)
+    for partial in path.parent.glob(f"{_partial_prefix(path)}*{_PARTIAL}"):
+        partial.unlink(missing_ok=True)  # under torchrun every rank may clean up at once

@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from fewmask import distributed
-from fewmask.config import dump_config
+from fewmask.engine import distributed
 from fewmask.errors import ConfigError, FewmaskError, UnknownComponentError
-from fewmask.trainer import CHECKPOINT, RESULTS, RUN_CONFIG
+from fewmask.run import RunFolder
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from fewmask.plugins import default_registry
+    from fewmask.session import default_registry
 
     registry = default_registry()
     infos = registry.list()
@@ -64,14 +64,15 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 def _cmd_options(args: argparse.Namespace) -> int:
     from fewmask.options import options_markdown
+    from fewmask.session import default_registry
 
-    print(options_markdown(), end="")
+    print(options_markdown(default_registry()), end="")
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fewmask.config import plain_config
-    from fewmask.factory import resolve
+    from fewmask.resolve import plain_config
+    from fewmask.session import resolve
 
     resolved = resolve(args.config, args.override)
     import yaml
@@ -82,15 +83,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fewmask.factory import build_run_trainer, build_trainer
+    from fewmask.factory import build_run_trainer
+    from fewmask.session import build_trainer, default_registry
 
     if args.resume:
-        run_dir = Path(args.resume)
-        trainer = build_run_trainer(run_dir, args.override, what="--resume")
-        if (run_dir / CHECKPOINT).is_file():
-            trainer.resume()
-            if distributed.is_main():
-                print(f"resuming {run_dir} at iteration {trainer.iteration}", file=sys.stderr)
+        if args.config or args.run_dir:
+            raise ConfigError(
+                ["--resume: the run's checkpoint holds its config; pass no CONFIG or --run-dir"]
+            )
+        # the config comes from the checkpoint; -o overrides apply on top of it
+        trainer = build_run_trainer(
+            args.resume, args.override, what="--resume", registry=default_registry()
+        )
+        if distributed.is_main():
+            print(f"resuming {args.resume} at iteration {trainer.iteration}", file=sys.stderr)
     else:
         if not args.config:
             raise ConfigError(
@@ -98,37 +104,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         overrides = list(args.override) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
         trainer = build_trainer(args.config, overrides)
-        run_dir = trainer.run_dir
-        if (run_dir / CHECKPOINT).exists() and not args.force:
+        run = trainer.run
+        if run.holds_run() and not args.force:
             raise ConfigError(
                 [
-                    f"$.run_dir: {run_dir} already holds a run; continue it with "
-                    f"`fewmask train --resume {run_dir}`, pick another with --run-dir, "
+                    f"$.run_dir: {run.path} already holds a run; continue it with "
+                    f"`fewmask train --resume {run.path}`, pick another with --run-dir, "
                     "or pass --force"
                 ]
             )
         if distributed.is_main():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(trainer.config, run_dir / RUN_CONFIG)
+            run.discard_run()  # --force: nothing of the old run may be resumed or read back
+    if distributed.is_main():  # the readable copy of the config (the checkpoint holds it too)
+        trainer.run.write_config(trainer.config)
     results = trainer.fit()
     if distributed.is_main():
-        _print_results(results, trainer.run_dir)
+        _print_results(results, trainer.run)
     return 0
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
     from fewmask.config import parse_value
-    from fewmask.factory import build_run_trainer, create
+    from fewmask.factory import build_run_trainer
+    from fewmask.session import create, default_registry
     from fewmask.transforms import match_shape
 
-    run_dir = Path(args.run_dir)
     seed = [] if args.seed is None else [f"seed={args.seed}"]
-    trainer = build_run_trainer(run_dir, [*args.override, *seed])
-    trainer.resume()
+    trainer = build_run_trainer(args.run_dir, [*args.override, *seed], registry=default_registry())
     if args.dataset is None:
         results = trainer.test(args.episodes)
         if distributed.is_main():
-            _print_results(results, run_dir)
+            _print_results(results, trainer.run)
         return 0
     options = parse_value(args.dataset_options) if args.dataset_options else {}
     if not isinstance(options, dict):
@@ -172,7 +178,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_results(results: dict, run_dir: Path | None) -> None:
+def _print_results(results: dict, run: RunFolder | None) -> None:
     print(
         f"meta-test {results['ways']}-way {results['shots']}-shot ({results['split']} split, "
         f"{results['episodes']} episodes, iteration {results['iteration']}): "
@@ -191,14 +197,33 @@ def _print_results(results: dict, run_dir: Path | None) -> None:
         ]
         print("| " + " | ".join(["own test split", *cross]) + " |")
         print("| " + " | ".join(cells) + " |")
-    if run_dir is not None:
-        print(f"results: {run_dir / RESULTS}; TensorBoard: tensorboard --logdir {run_dir}")
+    if run is not None:
+        print(f"results: {run.results}; TensorBoard: tensorboard --logdir {run.path}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose description may be computed only when its help is shown."""
+
+    def __init__(self, *args: Any, describe: Callable[[], str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.describe = describe
+
+    def format_help(self) -> str:
+        if self.describe is not None:
+            self.description = self.describe()
+        return super().format_help()
+
+
+def _describe_experiments() -> str:
+    from fewmask.experiments import EXPERIMENTS  # imported for `experiment --help` alone
+
+    return "Experiments: " + "; ".join(f"{i.name}: {i.description}" for i in EXPERIMENTS.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fewmask import __version__
+    from fewmask.version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fewmask",
         description="Meta-learn sparse subnetworks (Meta-ticket) and MAML baselines.",
     )
@@ -227,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML, TOML or JSON config file")
     p.add_argument("-o", "--override", **override)
     p.add_argument("--run-dir", help="where to write the run (overrides run_dir)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR with the config its checkpoint holds (and any -o)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing run in run_dir")
     p.set_defaults(func=_cmd_train)
 
@@ -245,15 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", **override)
     p.set_defaults(func=_cmd_test)
 
-    from fewmask.experiments import EXPERIMENTS
-
     p = sub.add_parser(
         "experiment",
         help="run one of the paper's experiments over a base config",
-        description="Experiments: "
-        + "; ".join(f"{i.name}: {i.description}" for i in EXPERIMENTS.values()),
+        describe=_describe_experiments,  # the experiments (and their imports) load on use only
     )
-    p.add_argument("name", choices=sorted(EXPERIMENTS), metavar="NAME", help="experiment to run")
+    p.add_argument("name", metavar="NAME", help="experiment to run (see --help)")
     p.add_argument("config", help="the base run config (YAML, TOML or JSON)")
     p.add_argument("-o", "--override", **override)
     p.add_argument(

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import torch
 
+from fewmask.run import RunFolder
+
 
 class MetricLogger(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
@@ -56,24 +58,24 @@ def _wait_for_a_later_second(folder: Path) -> None:
 
 
 class RunLogger:
-    """TensorBoard events plus ``metrics.jsonl`` in a run directory.
+    """TensorBoard events plus ``metrics.jsonl`` in a run folder.
 
     ``resume_step`` drops what an earlier process logged at or after that step, from both
     (TensorBoard's ``purge_step``), so resumed curves have no duplicates; 0 starts afresh.
     """
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
+    def __init__(self, run: RunFolder | str | Path, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = Path(run_dir)
-        _wait_for_a_later_second(self.run_dir / "tensorboard")
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
-        self.jsonl = self.run_dir / "metrics.jsonl"
+        self.run = run if isinstance(run, RunFolder) else RunFolder(run)
+        _wait_for_a_later_second(self.run.tensorboard)
+        self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=resume_step)
+        self.jsonl = self.run.metrics
         if resume_step is not None and self.jsonl.exists():
             kept = [
                 line
                 for line in self.jsonl.read_text().splitlines()
-                if line and json.loads(line)["step"] < resume_step
+                if (step := _step(line)) is not None and step < resume_step
             ]
             self.jsonl.write_text("".join(line + "\n" for line in kept))
         self._file = self.jsonl.open("a", buffering=1)  # line by line, so `tail -f` works

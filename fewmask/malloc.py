@@ -5,6 +5,9 @@ returns them to the kernel on ``free``, so every large activation of every itera
 page-faulted in again. :func:`tune_glibc_malloc` serves every block from the heap and never
 trims it: freed blocks are reused without faults, at the cost of keeping the process's peak
 heap resident. It is a no-op (returning False) where the C library is not glibc.
+
+``train.tune_malloc: true`` applies it when :func:`fewmask.factory.build_trainer` builds a run; a
+Trainer composed from Python objects leaves the allocator to its caller.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+import warnings
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt options (malloc.h)
 _MAX_INT = 2**31 - 1
@@ -35,6 +39,15 @@ def tune_glibc_malloc() -> bool:
         return False
     settings = [(M_MMAP_MAX, 0), (M_MMAP_THRESHOLD, _MAX_INT), (M_TRIM_THRESHOLD, _MAX_INT)]
     return all(libc.mallopt(option, value) == 1 for option, value in settings)
+
+
+def apply_train_option(tune_malloc: bool) -> None:
+    """Apply ``train.tune_malloc`` (called where a run is built, before its data is loaded):
+    tune the allocator when asked, and warn where it is not glibc."""
+    if tune_malloc and not tune_glibc_malloc():
+        warnings.warn(
+            "train.tune_malloc: not a glibc system; the allocator is unchanged", stacklevel=3
+        )
 
 
 def trim() -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
 from fewmask.errors import ConfigError, closest_name
 
@@ -46,7 +47,10 @@ def option(
 
 @attrs.frozen
 class ComponentRef:
-    """A component chosen by name, with the options of its config class."""
+    """A component chosen by name, with the options of its config class.
+
+    In a config file ``{name: metaticket, options: {...}}``, or just ``metaticket``.
+    """
 
     name: str = option(help="registered name of the component (see `fewmask plugins`)")
     options: dict[str, Any] = option(factory=dict, help="fields of the component's config class")
@@ -95,6 +99,20 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(
         lambda t: t == dict[str, Any], lambda v, _: require_mapping(v)
     )
+    as_mapping = make_dict_structure_fn(ComponentRef, converter, _cattrs_forbid_extra_keys=True)
+
+    def component_ref(value: Any, _: type) -> ComponentRef:
+        # `masker: metaticket` is short for `masker: {name: metaticket}`
+        if isinstance(value, str):
+            return ComponentRef(value)
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"expected a component name or {{name: ..., options: {{...}}}}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        return as_mapping(value, ComponentRef)
+
+    converter.register_structure_hook(ComponentRef, component_ref)
     return converter
 
 

@@ -79,7 +79,10 @@ def structure_options(info: ComponentInfo, options: Any, path: str) -> Any:
 def resolve_component(
     registry: Registry, kind: str, ref: Any, path: str, problems: list[str]
 ) -> ResolvedComponent | None:
-    """Look ``ref`` (``{name, options}`` data) up as a ``kind``; problems go to ``problems``."""
+    """Look ``ref`` (``{name, options}`` data, or a name) up as a ``kind``; problems go to
+    ``problems``."""
+    if isinstance(ref, str):
+        ref = {"name": ref}
     if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
         return None  # phase 1 reports the shape of a reference
     name = ref["name"]

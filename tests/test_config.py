@@ -178,3 +178,17 @@ def test_the_options_reference_renders_types_as_written():
     table = fields_markdown(ExperimentConfig)
     assert "| `masker` | `ComponentRef \\| None` | `None` |" in table
     assert "| `train` | `TrainConfig` | (section `train`) |" in table
+
+
+def test_a_component_may_be_given_by_name_alone():
+    resolved = resolve_config(
+        {"backbone": "omniglot_mlp", "objective": "metaticket", "masker": "iterand"}
+    )
+    assert resolved.components["backbone"].name == "omniglot_mlp"
+    assert resolved.components["masker"].nested["base"].name == "metaticket"
+    assert problems({"backbone": 3}) == [
+        "$.backbone: expected a component name or {name: ..., options: {...}}, got int 3"
+    ]
+    assert problems({"backbone": "omniglot_mpl"})[0].startswith(
+        "$.backbone.name: no backbone named 'omniglot_mpl'. Did you mean 'omniglot_mlp'?"
+    )

@@ -194,3 +194,39 @@ def test_metrics_lines_reach_the_file_as_they_are_logged(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     logger.close()
     assert [json.loads(line) for line in lines] == [{"step": 10, "tag": "train/loss", "value": 1.5}]
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
+    from fewmask.loggers import RunLogger
+
+    lines = [json.dumps({"step": s, "tag": "train/loss", "value": 0.5}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "ta')
+    RunLogger(tmp_path, resume_step=3).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(x + "\n" for x in lines[:2])
+
+
+def test_the_run_folder_names_every_file_and_cleans_up_partial_writes(tmp_path):
+    from fewmask.checkpoint import save_checkpoint
+    from fewmask.run import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    assert not run.holds_run() and not run.path.exists()
+    assert [p.name for p in (run.checkpoint, run.config, run.results, run.metrics)] == [
+        "checkpoint.pt",
+        "config.yaml",
+        "results.json",
+        "metrics.jsonl",
+    ]
+    assert run.tensorboard == run.path / "tensorboard"
+    run.write_results({"accuracy": 0.5})
+    assert run.holds_run() and run.read_results() == {"accuracy": 0.5}
+    run.write_config({"seed": 3, "train": {"iterations": 2}})
+    assert run.read_config() == {"seed": 3, "train": {"iterations": 2}}
+    save_checkpoint({"iteration": 2, "config": {"seed": 3}}, run.checkpoint)
+    assert run.stored_config(run.load_checkpoint()) == {"seed": 3}
+    partial = run.path / ".checkpoint.pt.abc123.tmp"
+    partial.write_bytes(b"half")
+    run.discard_partial_checkpoints()
+    assert not partial.exists() and run.has_checkpoint()
+    run.discard_run()
+    assert not run.holds_run() and run.config.is_file()

@@ -7,14 +7,24 @@ import json
 import attrs
 import pytest
 import torch
+import yaml
 
-from fewmask import CheckpointError, NonFiniteError, TrainConfig, Trainer, create
+from fewmask import (
+    CheckpointError,
+    DatasetError,
+    EngineOptions,
+    NonFiniteError,
+    TrainConfig,
+    Trainer,
+    build_trainer,
+    create,
+)
 from fewmask.checkpoint import load_checkpoint
 from fewmask.cli import main
 from fewmask.testing import make_dataset
 
 
-def make_trainer(run_dir=None, masker="metaticket", iterations=6, **train):
+def make_trainer(run_dir=None, masker="metaticket", iterations=6, cross_domain=None, **train):
     torch.manual_seed(0)
     data = make_dataset()
     backbone = create(
@@ -43,6 +53,7 @@ def make_trainer(run_dir=None, masker="metaticket", iterations=6, **train):
         config,
         seed=3,
         run_dir=run_dir,
+        cross_domain=cross_domain,
     )
 
 
@@ -109,7 +120,8 @@ def test_non_finite_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, masker="dense", iterations=3)
     trainer.fit()
     trainer.train_config = attrs.evolve(trainer.train_config, iterations=9)
-    trainer.learning_rates = {n: 1e30 for n in trainer.learning_rates}
+    inner = trainer.engine.inner
+    inner.rates = dict.fromkeys(inner.rates, 1e30)  # the inner loop diverges from now on
     with pytest.raises(NonFiniteError, match="at iteration 3"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 3
@@ -154,28 +166,70 @@ def test_cli_train_resume_and_test(tmp_path, capsys):
     assert main(["train", str(config), "-o", "train.progress=false"]) == 0
     out = capsys.readouterr().out
     assert "meta-test 5-way 1-shot" in out and "+-" in out and "(95% CI)" in out
-    assert (tmp_path / "run" / "config.yaml").is_file()
+    copy = tmp_path / "run" / "config.yaml"
+    assert yaml.safe_load(copy.read_text())["train"]["iterations"] == 4
     assert main(["train", str(config)]) == 2, "refuses to overwrite a run"
     assert "--resume" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "train",
-                "--resume",
-                str(tmp_path / "run"),
-                "-o",
-                "train.iterations=6",
-                "-o",
-                "train.progress=false",
-            ]
-        )
-        == 0
-    )
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["iteration"] == 6
-    assert (
-        main(["test", str(tmp_path / "run"), "--episodes", "7", "-o", "train.progress=false"]) == 0
-    )
+    moved = (tmp_path / "run").rename(tmp_path / "moved")
+    (moved / "config.yaml").write_text("train: {iterations: [not a number\n")  # never read
+    resume = ["train", "--resume", str(moved), "-o", "train.iterations=6"]
+    assert main([*resume, "-o", "train.progress=false"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert json.loads((moved / "results.json").read_text())["iteration"] == 6
+    saved = load_checkpoint(moved / "checkpoint.pt")["config"]
+    assert saved["train"]["iterations"] == 6 and saved["run_dir"] == str(moved)
+    assert yaml.safe_load((moved / "config.yaml").read_text()) == saved, "the copy follows"
+    (moved / "config.yaml").unlink()
+    assert main(["test", str(moved), "--episodes", "7", "-o", "train.progress=false"]) == 0
     assert "7 episodes, iteration 6" in capsys.readouterr().out
+
+
+def test_cli_resume_and_test_need_a_checkpoint(tmp_path, capsys):
+    nowhere = tmp_path / "nowhere"
+    assert main(["test", str(nowhere)]) == 2
+    err = capsys.readouterr().err
+    assert f"RUN_DIR: no checkpoint at {nowhere / 'checkpoint.pt'}" in err
+    assert "Traceback" not in err
+    run = tmp_path / "run"  # died before its first checkpoint: only the config copy exists
+    run.mkdir()
+    (run / "config.yaml").write_text(CONFIG.format(run=run))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert f"fewmask train {run / 'config.yaml'} --run-dir {run}" in capsys.readouterr().err
+    assert main(["train", str(run / "config.yaml"), "--resume", str(run)]) == 2
+    assert "pass no CONFIG" in capsys.readouterr().err
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["test", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "CheckpointError" in err and str(run / "checkpoint.pt") in err
+    assert "Traceback" not in err
+
+
+def test_a_checkpoint_without_config_cannot_rebuild_its_trainer(tmp_path, capsys):
+    make_trainer(tmp_path, iterations=1).fit()  # a Trainer from objects has no config
+    assert main(["train", "--resume", str(tmp_path)]) == 1
+    assert "holds no config" in capsys.readouterr().err
+    resumed = make_trainer(iterations=1)
+    resumed.resume(tmp_path / "checkpoint.pt")  # from Python, with a Trainer built alike
+    assert resumed.iteration == 1
+
+
+def test_cross_domain_sets_must_come_in_the_train_shape():
+    with pytest.raises(DatasetError, match="split 'big'.*match_shape"):
+        make_trainer(cross_domain={"big": make_dataset(shape=(1, 32, 32))})
+
+
+def test_force_starts_the_run_over(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(run=tmp_path / "run"))
+    assert main(["train", str(config), "-o", "train.progress=false"]) == 0
+    partial = tmp_path / "run" / ".checkpoint.pt.x.tmp"
+    partial.write_bytes(b"cut short")
+    args = ["train", str(config), "-o", "train.iterations=1", "-o", "train.progress=false"]
+    assert main([*args, "--force"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 1
+    assert not partial.exists()
+    copy = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert copy["train"]["iterations"] == 1
 
 
 def test_cli_errors_are_clear_and_exit_2(tmp_path, capsys):
@@ -214,7 +268,7 @@ def test_fast_engine_trains_like_the_exact_one(masker):
     noise there into ~1e-10 steps, hence the absolute tolerance.)"""
     exact = make_trainer(masker=masker, dtype="float64", engine="exact")
     fast = make_trainer(masker=masker, dtype="float64", engine="fast")
-    assert fast.engine_options is not None and exact.engine_options is None
+    assert fast.engine.options == EngineOptions.fast() and exact.engine.options == EngineOptions()
     exact.fit()
     fast.fit()
     for name, value in exact.meta_params.items():
@@ -228,17 +282,22 @@ def test_engine_choice_is_validated(tmp_path, capsys):
     assert "$.train.engine: 'fastest' is not one of 'exact', 'fast'" in capsys.readouterr().err
 
 
-def test_tune_malloc_is_applied_once_at_start_and_warns_where_it_cannot(monkeypatch):
-    import fewmask.trainer as trainer_module
+def test_tune_malloc_is_applied_where_a_run_is_built_and_warns_where_it_cannot(monkeypatch):
+    import fewmask.malloc
 
     calls = []
-    monkeypatch.setattr(trainer_module, "tune_glibc_malloc", lambda: calls.append(1) or True)
-    make_trainer(tune_malloc=True)
-    make_trainer(tune_malloc=False)
+    monkeypatch.setattr(fewmask.malloc, "tune_glibc_malloc", lambda: calls.append(1) or True)
+    config = {
+        "backbone": {"name": "omniglot_mlp", "options": {"hidden": [8]}},
+        "train": {"tune_malloc": True, "progress": False},
+    }
+    build_trainer(config)
+    build_trainer(config, ["train.tune_malloc=false"])
+    make_trainer(tune_malloc=True)  # a Trainer composed in Python leaves it to its caller
     assert calls == [1]
-    monkeypatch.setattr(trainer_module, "tune_glibc_malloc", lambda: False)
+    monkeypatch.setattr(fewmask.malloc, "tune_glibc_malloc", lambda: False)
     with pytest.warns(UserWarning, match="train.tune_malloc: not a glibc system"):
-        make_trainer(tune_malloc=True)
+        build_trainer(config)
 
 
 def test_glibc_malloc_setting_is_accepted_and_training_still_works():

@@ -19,17 +19,13 @@ from typing import Any
 import attrs
 import torch
 
-from fewmask.config import (
-    ResolvedConfig,
-    TrainConfig,
-    dump_config,
-    plain_config,
-    read_config_file,
-    resolve_config,
-    structure_config,
-)
+from fewmask.config import TrainConfig
 from fewmask.errors import ConfigError
-from fewmask.trainer import CHECKPOINT, RESULTS, RUN_CONFIG, Trainer
+from fewmask.options import structure_config
+from fewmask.resolve import ResolvedConfig, plain_config
+from fewmask.run import RunFolder
+from fewmask.session import resolve as resolve_config
+from fewmask.trainer import Trainer
 
 SETTINGS_PATH = "$.experiment"
 
@@ -98,6 +94,11 @@ class Variant:
     data: dict[str, Any]
     train: bool = True  # False: meta-test the freshly built model without meta-training
 
+    @property
+    def run(self) -> RunFolder:
+        """The variant's run folder (``OUT/runs/<label>``)."""
+        return RunFolder(self.data["run_dir"])
+
 
 class Experiment:
     """The base config, the output folder and the helpers an experiment's ``run`` uses."""
@@ -140,14 +141,14 @@ class Experiment:
 
         Cheap (no data is read), so finished variants are checked without being rebuilt."""
         resolved = resolve_config(variant.data)
-        saved = Path(variant.data["run_dir"]) / RUN_CONFIG
-        if not saved.is_file():
+        run = variant.run
+        if not run.config.is_file():
             return resolved
-        before = _comparable(_with_defaults(read_config_file(saved)))
+        before = _comparable(_with_defaults(run.read_config()))
         if before != _comparable(plain_config(resolved)):
             raise ConfigError(
                 [
-                    f"{saved.parent} holds a run of a different config; use another --out, "
+                    f"{run.path} holds a run of a different config; use another --out, "
                     "or --force to start the experiment over"
                 ]
             )
@@ -155,23 +156,20 @@ class Experiment:
 
     def build(self, variant: Variant) -> Trainer:
         """The variant's Trainer, resumed from its checkpoint if there is one."""
-        from fewmask.factory import build_trainer
+        from fewmask.session import build_trainer
 
         resolved = self.check_saved(variant)
         trainer = build_trainer(resolved)
-        run_dir = Path(variant.data["run_dir"])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(resolved, run_dir / RUN_CONFIG)
-        if (run_dir / CHECKPOINT).is_file():
+        variant.run.write_config(plain_config(resolved))
+        if variant.run.has_checkpoint():
             trainer.resume()
         return trainer
 
     def run_variant(self, variant: Variant) -> dict[str, Any]:
         """Train (unless ``variant.train`` is false) and meta-test; reuse finished results."""
-        done = Path(variant.data["run_dir"]) / RESULTS
-        if done.is_file():
+        if variant.run.has_results():
             self.check_saved(variant)
-            return json.loads(done.read_text())
+            return variant.run.read_results()
         trainer = self.build(variant)
         return trainer.fit() if variant.train else trainer.test()
 

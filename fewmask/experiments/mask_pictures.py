@@ -11,19 +11,17 @@ The model comes from an existing run (``run_dir`` setting) or is meta-trained fr
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import Experiment, markdown_table, register
 from fewmask.options import option
-from fewmask.trainer import CHECKPOINT, Trainer
+from fewmask.trainer import Trainer
 
 
 @attrs.frozen
@@ -53,11 +51,31 @@ def unit_pictures(mask: Tensor, input_shape: tuple[int, ...]) -> Tensor:
     )
 
 
+def tile_images(images: Tensor, nrow: int, padding: int = 1, pad_value: float = 0.5) -> Tensor:
+    """Images ``[N, C, H, W]`` (C: 1 or 3) tiled ``nrow`` to a row into one RGB image, with
+    ``padding`` pixels of ``pad_value`` around each; a single image comes back unpadded (the
+    layout of ``torchvision.utils.make_grid``, without needing torchvision)."""
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    if len(images) == 1:
+        return images[0]
+    count, channels, height, width = images.shape
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    step_y, step_x = height + padding, width + padding
+    size = (channels, rows * step_y + padding, columns * step_x + padding)
+    out = images.new_full(size, pad_value)
+    for k, image in enumerate(images):
+        y, x = divmod(k, columns)
+        top, left = y * step_y + padding, x * step_x + padding
+        out[:, top : top + height, left : left + width] = image
+    return out
+
+
 def _picture(images: Tensor, scale: int, nrow: int) -> Image.Image:
     if images.shape[1] not in (1, 3):
         images = images.mean(1, keepdim=True)  # many input channels: the fraction kept
-    grid = make_grid(images.float(), nrow=nrow, padding=1, pad_value=0.5)
-    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+    tiled = tile_images(images.float(), nrow=nrow)
+    pixels = (tiled.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
     image = Image.fromarray(pixels.numpy())
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
@@ -71,13 +89,12 @@ def _trainer(experiment: Experiment, settings: MaskPicturesSettings) -> Trainer:
             trainer.fit()
         return trainer
     from fewmask.factory import build_run_trainer
+    from fewmask.session import default_registry
 
-    run_dir = Path(settings.run_dir)
-    if not (run_dir / CHECKPOINT).is_file():
-        raise ConfigError([f"$.experiment.run_dir: {run_dir} has no {CHECKPOINT}"])
-    trainer = build_run_trainer(run_dir, what="$.experiment.run_dir")
-    trainer.resume()
-    return trainer
+    # rebuilt from the config in the run's checkpoint, and resumed from it
+    return build_run_trainer(
+        settings.run_dir, what="$.experiment.run_dir", registry=default_registry()
+    )
 
 
 @register("mask-pictures", MaskPicturesSettings, "first-layer masks as pictures of the input")
