@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from fewmask.builtins.convnets import (
     Conv4,
@@ -21,7 +19,10 @@ from fewmask.builtins.convnets import (
     register,
 )
 from fewmask.errors import ConfigError
+from fewmask.factory import create
+from fewmask.interfaces import Episode
 from fewmask.registry import Provider, Registry
+from fewmask.testing import functional_forward, reference_meta_loss
 
 WAYS = 5
 
@@ -182,15 +183,11 @@ def meta_gradient(backbone, shape, create_graph: bool, lr: float = 0.1):
     support = torch.randn(len(labels), *shape, generator=g, dtype=torch.float64)
     query = torch.randn(len(labels), *shape, generator=g, dtype=torch.float64)
     params = {n: p.detach().clone().requires_grad_() for n, p in backbone.named_parameters()}
-
-    def loss(p, x):
-        return F.cross_entropy(functional_call(backbone, p, (x,)), labels)
-
-    grads = torch.autograd.grad(loss(params, support), list(params.values()), create_graph=True)
-    if not create_graph:
-        grads = [gr.detach() for gr in grads]
-    fast = {n: p - lr * gr for (n, p), gr in zip(params.items(), grads)}
-    return dict(zip(params, torch.autograd.grad(loss(fast, query), list(params.values()))))
+    episode = Episode(support, labels, query, labels)
+    rates = dict.fromkeys(params, lr)
+    forward = functional_forward(backbone)
+    loss = reference_meta_loss(params, None, [episode], rates, 1, not create_graph, forward)
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
 
 
 @pytest.mark.parametrize(
@@ -244,8 +241,13 @@ def test_register_adds_the_three_backbones_with_their_configs():
     assert infos["wrn28_10"].config_cls is WRNConfig
     assert (WRNConfig().depth, WRNConfig().widen_factor) == (28, 10)
     assert all(info.description for info in infos.values())
-    backbone = registry.create(
-        "backbone", "resnet12", {"channels": [4, 8, 8, 8]}, input_shape=(1, 28, 28), num_classes=3
+    backbone = create(
+        "backbone",
+        "resnet12",
+        {"channels": [4, 8, 8, 8]},
+        input_shape=(1, 28, 28),
+        num_classes=3,
+        registry=registry,
     )
     assert backbone.classifier.weight.shape == (3, 8)
 
@@ -254,12 +256,12 @@ def test_bad_options_and_images_raise_config_errors():
     registry = registry_with_convnets()
     kwargs = {"input_shape": (3, 32, 32), "num_classes": WAYS}
     with pytest.raises(ConfigError, match=r"\$\.backbone\.options\.depth: must be 6n\+4.*got 27"):
-        registry.create("backbone", "wrn28_10", {"depth": 27}, **kwargs)
+        create("backbone", "wrn28_10", {"depth": 27}, **kwargs, registry=registry)
     with pytest.raises(ConfigError, match=r"\$\.backbone\.options\.depth: must be >= 10"):
-        registry.create("backbone", "wrn28_10", {"depth": 4}, **kwargs)
+        create("backbone", "wrn28_10", {"depth": 4}, **kwargs, registry=registry)
     with pytest.raises(ConfigError, match=r"\$\.backbone\.options\.channels: must be 4"):
-        registry.create("backbone", "resnet12", {"channels": [8, 8]}, **kwargs)
+        create("backbone", "resnet12", {"channels": [8, 8]}, **kwargs, registry=registry)
     with pytest.raises(ConfigError, match=r"\$\.backbone\.options\.bn_eps: must be > 0"):
-        registry.create("backbone", "conv4", {"bn_eps": 0.0}, **kwargs)
+        create("backbone", "conv4", {"bn_eps": 0.0}, **kwargs, registry=registry)
     with pytest.raises(ConfigError, match=r"\$\.backbone: conv4 .* at least 16x16, got 8x8"):
-        registry.create("backbone", "conv4", {}, input_shape=(1, 8, 8), num_classes=WAYS)
+        create("backbone", "conv4", {}, input_shape=(1, 8, 8), num_classes=WAYS, registry=registry)

@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewmask import create
-from fewmask.engine import adapt, masked_forward
+from fewmask import create, default_registry
+from fewmask.engine.exact import adapt, masked_forward
 from fewmask.interfaces import Episode
-from fewmask.plugins import default_registry
 from fewmask.testing import make_dataset
 
 # Options that make a paper-size backbone CPU-test sized; input shapes it accepts.
@@ -60,12 +59,48 @@ def test_backbone_contract(name):
 
 
 @pytest.mark.parametrize("name", names("backbone"))
+def test_backbone_head_protocol(name):
+    """timm's head methods: pre_logits is the classifier's input; reset_classifier resizes."""
+    backbone, shape = small_backbone(name)
+    backbone.double()
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    logits = backbone(x)
+    pre_logits = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
+    assert pre_logits.shape == (4, backbone.num_features)
+    classifier = backbone.get_classifier()
+    torch.testing.assert_close(classifier(pre_logits), logits)
+
+    backbone.reset_classifier(3)
+    head = backbone.get_classifier()
+    assert head is not classifier
+    assert all(p.dtype == torch.float64 for p in head.parameters()), "keeps the dtype"
+    assert backbone(x).shape == (4, 3)
+    assert torch.equal(backbone.forward_head(backbone.forward_features(x), True), pre_logits)
+    assert torch.equal(head(pre_logits), backbone(x))
+    groups = backbone.parameter_groups()
+    head_names = {n for n, g in groups.items() if g == "head"}
+    assert {id(backbone.get_parameter(n)) for n in head_names} == {id(p) for p in head.parameters()}
+    assert set(backbone.maskable_parameter_names()) <= {n for n, g in groups.items() if g == "body"}
+
+
+@pytest.mark.parametrize("name", names("backbone"))
+def test_backbone_options_check_runs_at_validation(name):
+    """Default options pass the config's own checks (which `fewmask validate` runs)."""
+    config_cls = default_registry().get("backbone", name).config_cls
+    check = getattr(config_cls, "check", None)
+    if config_cls is not None and check is not None:
+        assert check(config_cls()) == {}
+
+
+@pytest.mark.parametrize("name", names("backbone"))
 def test_backbone_second_order_step(name):
     backbone, shape = small_backbone(name)
     ep = episode(shape)
     params = dict(backbone.named_parameters())
     inner = create("inner_optimizer", "sgd", {"lr": 0.1})
-    fast = adapt(backbone, inner, params, {}, ep, inner.learning_rates(backbone), 1, True)
+    inner.attach(backbone)
+    objective = create("objective", "maml")
+    fast = adapt(backbone, inner, objective, params, {}, ep, training=True)
     loss = F.cross_entropy(masked_forward(backbone, fast, {}, ep.query_x), ep.query_y)
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     assert all(g is None or torch.isfinite(g).all() for g in grads)
@@ -96,13 +131,18 @@ def test_masker_contract(name):
 def test_inner_optimizer_contract(name):
     backbone, shape = small_backbone("omniglot_mlp")
     inner = create("inner_optimizer", name)
-    lrs = inner.learning_rates(backbone)
-    assert set(lrs) == {n for n, _ in backbone.named_parameters()}
-    assert all(lr >= 0 for lr in lrs.values()) and any(lr > 0 for lr in lrs.values())
-    assert inner.steps >= 1 and inner.test_steps >= 1
+    inner.attach(backbone)
     params = dict(backbone.named_parameters())
-    fast = adapt(backbone, inner, params, {}, episode(shape), lrs, inner.steps, False)
-    assert set(fast) == set(params)
+    objective = create("objective", "maml")
+    for training in (True, False):
+        fast = adapt(backbone, inner, objective, params, {}, episode(shape), training=training)
+        assert set(fast) == set(params)
+        assert any(not torch.equal(fast[n], p) for n, p in params.items()), "it adapts"
+        plan = inner.plain_sgd(training=training)
+        if plan is not None:  # a claim of plain SGD steps must be one
+            assert set(plan.rates) == set(params) and plan.steps >= 1
+            assert all(lr >= 0 for lr in plan.rates.values())
+            assert plan.create_graph == (training and plan.create_graph)
 
 
 @pytest.mark.parametrize("name", names("objective"))
@@ -115,8 +155,19 @@ def test_objective_contract(name):
     assert meta and all(p.requires_grad for p in meta.values())
     optimizer = objective.build_optimizer(list(meta.values()))
     assert isinstance(optimizer, torch.optim.Optimizer)
-    rates = [objective.learning_rate(i, 100) for i in range(100)]
+    scheduler = objective.build_scheduler(optimizer, 100)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
     assert all(r > 0 for r in rates)
+    logits, labels = torch.randn(6, 3, requires_grad=True), torch.arange(3).repeat(2)
+    for loss in (objective.support_loss(logits, labels), objective.query_loss(logits, labels)):
+        assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad
+    metrics = objective.metrics(logits, labels)
+    assert "accuracy" in metrics and all(v.dim() == 0 for v in metrics.values())
 
 
 @pytest.mark.parametrize("name", names("sampler"))

@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewmask.builtins.backbones import LinearHeadBackbone
+from fewmask.builtins.backbones import LinearHeadBackbone, require_valid, size_problems
 from fewmask.checkpointing import checkpointed
 from fewmask.errors import ConfigError
 from fewmask.options import option
-
-OPTIONS = "$.backbone.options"
 
 
 def _bn_eps():
@@ -79,6 +77,20 @@ class Conv4Config:
     bn_eps: float = _bn_eps()
     checkpoint_blocks: bool = _checkpoint_blocks()
 
+    def check(self) -> dict[str, str]:
+        return size_problems(
+            self, lambda c: conv4_parameter_count(c, (1, 16, 16), 1), ("channels",)
+        )
+
+
+def conv4_parameter_count(config: Conv4Config, input_shape: tuple[int, ...], num_classes: int):
+    """Parameters of :class:`Conv4` built with these arguments (without building it)."""
+    c_in, height, width = input_shape
+    c = config.channels
+    body = (9 * c_in * c + c) + 3 * (9 * c * c + c) + 4 * 2 * c
+    features = c * _pooled_size(height, 4) * _pooled_size(width, 4)
+    return body + features * num_classes + num_classes
+
 
 class ConvBlock(nn.Module):
     """3x3 conv (padding 1, bias) -> BatchNorm2d (batch statistics) -> ReLU -> 2x2 max-pool."""
@@ -101,6 +113,7 @@ class Conv4(LinearHeadBackbone):
 
     def __init__(self, config: Conv4Config, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
+        require_valid(config)
         _check_image_size("conv4", input_shape, pools=4)
         self.config = config
         channels, height, width = input_shape
@@ -136,6 +149,23 @@ class ResNet12Config:
     )
     bn_eps: float = _bn_eps()
     checkpoint_blocks: bool = _checkpoint_blocks()
+
+    def check(self) -> dict[str, str]:
+        if len(self.channels) != 4 or any(c < 1 for c in self.channels):
+            return {"channels": f"must be 4 positive widths, got {list(self.channels)}"}
+        return size_problems(
+            self, lambda c: resnet12_parameter_count(c, (1, 16, 16), 1), ("channels",)
+        )
+
+
+def resnet12_parameter_count(
+    config: ResNet12Config, input_shape: tuple[int, ...], num_classes: int
+) -> int:
+    """Parameters of :class:`ResNet12` built with these arguments (without building it)."""
+    widths = (input_shape[0], *config.channels)
+    # per block: three 3x3 convs, the 1x1 downsample conv, four BatchNorms (gamma and beta)
+    body = sum(9 * a * b + 18 * b * b + a * b + 8 * b for a, b in zip(widths[:-1], widths[1:]))
+    return body + widths[-1] * num_classes + num_classes
 
 
 class ResidualBlock(nn.Module):
@@ -178,11 +208,8 @@ class ResNet12(LinearHeadBackbone):
 
     def __init__(self, config: ResNet12Config, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
+        require_valid(config)
         channels = tuple(config.channels)
-        if len(channels) != 4 or any(c < 1 for c in channels):
-            raise ConfigError(
-                [f"{OPTIONS}.channels: must be 4 positive widths, got {list(channels)}"]
-            )
         _check_image_size("resnet12", input_shape, pools=4)
         self.config = config
         widths = (input_shape[0], *channels)
@@ -225,6 +252,29 @@ class WRNConfig:
     widen_factor: int = option(10, ge=1, help="width multiplier k: stage widths 16k, 32k, 64k")
     bn_eps: float = _bn_eps()
     checkpoint_blocks: bool = _checkpoint_blocks()
+
+    def check(self) -> dict[str, str]:
+        if (self.depth - 4) % 6 != 0:
+            return {"depth": f"must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {self.depth}"}
+        return size_problems(
+            self, lambda c: wrn_parameter_count(c, (1, 1, 1), 1), ("depth", "widen_factor")
+        )
+
+
+def wrn_parameter_count(config: WRNConfig, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Parameters of :class:`WideResNet` built with these arguments (without building it)."""
+    blocks = (config.depth - 4) // 6
+    widths = (16, 16 * config.widen_factor, 32 * config.widen_factor, 64 * config.widen_factor)
+    total = 9 * input_shape[0] * 16 + 16  # stem conv
+    for stage in (1, 2, 3):
+        a, b = widths[stage - 1], widths[stage]
+        # BN(a) -> conv3x3 a->b -> BN(b) -> conv3x3 b->b; a 1x1 shortcut conv where the shape
+        # changes (the first block of stages 2 and 3 stride, and of any stage that widens)
+        first = 2 * a + 9 * a * b + b + 2 * b + 9 * b * b + b
+        if stage > 1 or a != b:
+            first += a * b + b
+        total += first + (blocks - 1) * (4 * b + 18 * b * b + 2 * b)
+    return total + 2 * widths[3] + widths[3] * num_classes + num_classes
 
 
 class WideBlock(nn.Module):
@@ -293,13 +343,7 @@ class WideResNet(LinearHeadBackbone):
 
     def __init__(self, config: WRNConfig, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
-        if config.depth < 10 or (config.depth - 4) % 6 != 0:
-            raise ConfigError(
-                [
-                    f"{OPTIONS}.depth: must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), "
-                    f"got {config.depth}"
-                ]
-            )
+        require_valid(config)
         if len(input_shape) != 3:
             raise ConfigError(
                 [f"$.backbone: wrn needs images of shape (C, H, W), got {tuple(input_shape)}"]

@@ -15,10 +15,15 @@ built-in backbones:
   flash and memory-efficient attention kernels have no double backward), and timm's
   custom-autograd "memory-efficient" activations are avoided by building in exportable mode.
 
-Body and head follow timm's own split: the features are
-``model.forward_head(model.forward_features(x), pre_logits=True)`` and the head is
-``model.get_classifier()``. Maskable weights are the weights of every ``nn.Conv2d`` and
-``nn.Linear`` (timm's subclasses included) outside the classifier.
+The backbone methods are the timm model's own: ``forward_features`` (unpooled feature maps),
+``forward_head(x, pre_logits)`` (pooling and the head), ``get_classifier()`` and
+``reset_classifier(n)``, so ``backbone(x)`` is ``model(x)``. Maskable weights are the weights of
+every ``nn.Conv2d`` and ``nn.Linear`` (timm's subclasses included) outside the classifier.
+
+The options are checked before anything is built (``TimmConfig.check``, run by
+``fewmask validate``): the model name with ``timm.is_model`` (with suggestions), and the
+``kwargs`` that the adapter sets itself or that would change what it relies on. Other keyword
+arguments are known only to the model class and are checked when the model is built.
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ from fewmask import Backbone, ConfigError, option
 
 OPTIONS = "$.backbone.options"
 RESERVED_KWARGS = ("pretrained", "num_classes", "in_chans")
+"""Arguments of ``timm.create_model`` that the adapter sets from the episodes and images."""
+ADAPTER_KWARGS = {
+    "features_only": "the backbone needs the model's classifier",
+    "checkpoint_path": "the model is always randomly initialised",
+    "exportable": "the model is always built in exportable mode (for the double backward)",
+    "scriptable": "the model is always built in exportable mode (for the double backward)",
+    "no_jit": "the model is always built in exportable mode (for the double backward)",
+}
+"""Arguments of ``timm.create_model`` that would undo what the adapter relies on, and why."""
 RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
@@ -51,6 +65,29 @@ class TimmConfig:
         help="extra keyword arguments of timm.create_model, e.g. {drop_rate: 0.1} or "
         "{img_size: 32} for vision transformers",
     )
+
+    def check(self) -> dict[str, str]:
+        problems = {}
+        if not timm.is_model(self.model_name):
+            problems["model_name"] = unknown_model_message(self.model_name)
+        kwargs = kwargs_problems(self.kwargs)
+        if kwargs:
+            problems["kwargs"] = "; ".join(kwargs)
+        return problems
+
+
+def kwargs_problems(kwargs: dict[str, Any]) -> list[str]:
+    """What is wrong with ``kwargs`` that can be told without building the model."""
+    problems = []
+    reserved = sorted(set(kwargs) & set(RESERVED_KWARGS))
+    if reserved:
+        problems.append(
+            f"{', '.join(reserved)} cannot be set here (pretrained is always False; "
+            "num_classes and in_chans come from the episodes and images)"
+        )
+    for key in sorted(set(kwargs) & set(ADAPTER_KWARGS)):
+        problems.append(f"{key} cannot be set here: {ADAPTER_KWARGS[key]}")
+    return problems
 
 
 class DoubleBackwardHardSigmoid(nn.Module):
@@ -89,14 +126,15 @@ def suggest_models(name: str, limit: int = 5) -> list[str]:
     return [candidate for *_, candidate in sorted(ranked)[:limit]]
 
 
-def _unknown_model(name: str) -> ConfigError:
+def unknown_model_message(name: str) -> str:
+    """``unknown timm model 'x'. Did you mean ...?`` (or where to find the names)."""
     suggestions = suggest_models(name)
     hint = (
         "Did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
         if suggestions
         else "See timm.list_models() for the names."
     )
-    return ConfigError([f"{OPTIONS}.model_name: unknown timm model {name!r}. {hint}"])
+    return f"unknown timm model {name!r}. {hint}"
 
 
 def _use_batch_statistics(model: nn.Module) -> list[str]:
@@ -136,21 +174,14 @@ class TimmBackbone(Backbone):
 
     def __init__(self, config: TimmConfig, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
+        problems = config.check()  # already run at validation for configs read from files
+        if problems:
+            raise ConfigError([f"{OPTIONS}.{field}: {text}" for field, text in problems.items()])
         self.config = config
         name = config.model_name
         if len(input_shape) != 3:
             raise ConfigError(
                 [f"$.backbone: timm models need images of shape (C, H, W), got {input_shape}"]
-            )
-        if not timm.is_model(name):
-            raise _unknown_model(name)
-        reserved = sorted(set(config.kwargs) & set(RESERVED_KWARGS))
-        if reserved:
-            raise ConfigError(
-                [
-                    f"{OPTIONS}.kwargs: {', '.join(reserved)} cannot be set here (pretrained is "
-                    "always False; num_classes and in_chans come from the episodes and images)"
-                ]
             )
         try:
             # Exportable mode makes timm choose native activations over its custom-autograd ones,
@@ -184,13 +215,20 @@ class TimmBackbone(Backbone):
         self.num_features = getattr(model, "head_hidden_size", None) or model.num_features
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.model.forward_features(x)
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.model.get_classifier()(features)
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.model.forward_head(x, pre_logits=pre_logits)
 
     def get_classifier(self) -> nn.Module:
         return self.model.get_classifier()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        old = next(self.get_classifier().parameters())
+        self.model.reset_classifier(num_classes)
+        self.get_classifier().to(device=old.device, dtype=old.dtype)
 
     def maskable_parameter_names(self) -> list[str]:
         names = {id(p): n for n, p in self.named_parameters()}

@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from fewmask_plugin_timm import DoubleBackwardHardSigmoid, TimmBackbone, TimmConfig
 from timm.layers import BatchNormAct2d
 from torch import nn
-from torch.func import functional_call
 
 import fewmask
-from fewmask import TrainConfig, Trainer, create
+from fewmask import Episode, TrainConfig, Trainer, create
 from fewmask.plugins import load_registry
-from fewmask.testing import make_dataset
+from fewmask.testing import functional_forward, make_dataset, reference_meta_loss
 
 MODELS = ["resnet10t", "resnet18", "mobilenetv3_small_050", "convnext_atto"]
 SHAPE = (3, 32, 32)
@@ -66,7 +66,7 @@ def test_model_is_ready_for_second_order_meta_learning(model_name):
 
     # Shapes, and the body/head split reproduces the timm model's own forward.
     backbone.eval()
-    features = backbone.forward_features(x)
+    features = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
     assert features.shape == (len(x), backbone.num_features)
     assert backbone.get_classifier().in_features == backbone.num_features
     logits = backbone(x)
@@ -108,12 +108,9 @@ def second_order_step(backbone: TimmBackbone, x: torch.Tensor, y: torch.Tensor) 
     params = dict(backbone.named_parameters())
     maskable = backbone.maskable_parameter_names()
     masks = {n: torch.ones_like(params[n], requires_grad=True) for n in maskable}
-    masked = {n: p * masks[n] if n in masks else p for n, p in params.items()}
-    support = F.cross_entropy(functional_call(backbone, masked, (x,)), y)
-    grads = torch.autograd.grad(support, list(masked.values()), create_graph=True)
-    fast = {n: p - 0.1 * g for (n, p), g in zip(masked.items(), grads)}
-    query = F.cross_entropy(functional_call(backbone, fast, (x,)), y)
-    query.backward()
+    rates = dict.fromkeys(params, 0.1)
+    forward = functional_forward(backbone)
+    reference_meta_loss(params, masks, [Episode(x, y, x, y)], rates, 1, forward=forward).backward()
     for name, p in params.items():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert all(torch.isfinite(m.grad).all() for m in masks.values())
@@ -155,6 +152,61 @@ def test_reserved_and_rejected_kwargs_are_config_errors():
         build("resnet10t", no_such_option=1)
 
 
+def experiment(tmp_path, options: dict) -> dict:
+    """A config whose dataset root does not exist: any attempt to read data would fail."""
+    return {
+        "dataset": {"name": "omniglot", "options": {"root": str(tmp_path / "missing")}},
+        "backbone": {"name": "timm", "options": options},
+    }
+
+
+@pytest.fixture
+def no_model_building(monkeypatch):
+    """Validation must not build a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("timm.create_model called during validation")
+
+    monkeypatch.setattr(timm, "create_model", refuse)
+
+
+@pytest.mark.usefixtures("no_model_building")
+@pytest.mark.parametrize(
+    ("options", "field", "message"),
+    [
+        ({"model_name": "resnet1O"}, "model_name", "unknown timm model 'resnet1O'. Did you mean"),
+        ({"kwargs": {"pretrained": True}}, "kwargs", "pretrained cannot be set here"),
+        ({"kwargs": {"num_classes": 3, "in_chans": 1}}, "kwargs", "in_chans, num_classes cannot"),
+        ({"kwargs": {"features_only": True}}, "kwargs", "features_only cannot be set here"),
+        ({"kwargs": {"checkpoint_path": "w.pth"}}, "kwargs", "always randomly initialised"),
+        ({"kwargs": {"exportable": False}}, "kwargs", "exportable cannot be set here"),
+    ],
+)
+def test_validation_rejects_bad_options_without_building(tmp_path, options, field, message):
+    with pytest.raises(fewmask.ConfigError) as caught:
+        fewmask.resolve(experiment(tmp_path, options))
+    (problem,) = caught.value.problems  # about the backbone only, not the missing data
+    assert problem.startswith(f"$.backbone.options.{field}: "), problem
+    assert message in problem, problem
+
+
+@pytest.mark.usefixtures("no_model_building")
+def test_good_options_validate_without_building(tmp_path):
+    options = {"model_name": "resnet18.a1_in1k", "kwargs": {"drop_rate": 0.1}}
+    fewmask.resolve(experiment(tmp_path, options))
+
+
+def test_reset_classifier_gives_a_fresh_head_of_the_new_width():
+    backbone = build("resnet10t")
+    old = backbone.get_classifier()
+    backbone.reset_classifier(3)
+    assert backbone.get_classifier() is not old
+    assert backbone.get_classifier().out_features == 3
+    x = torch.randn(2, *SHAPE)
+    assert backbone(x).shape == (2, 3)
+    torch.testing.assert_close(backbone(x), backbone.model(x))
+
+
 def metaticket_trainer(device: str, iterations: int) -> Trainer:
     data = make_dataset(classes=6, per_class=2, shape=SHAPE)
     backbone = create(
@@ -190,14 +242,14 @@ def test_metaticket_meta_iteration_on_cuda():
     trainer.train_step()  # warm-up: cuDNN autotuning and allocations
     torch.cuda.synchronize()
     start = time.perf_counter()
-    loss, accuracy = trainer.train_step()
+    stats = trainer.train_step()
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     print(
         f"resnet10t Meta-ticket meta-iteration on {torch.cuda.get_device_name()}: {elapsed:.3f} s"
     )
-    assert torch.isfinite(torch.tensor(loss))
-    assert 0.0 <= accuracy <= 1.0
+    assert torch.isfinite(torch.tensor(stats["loss"]))
+    assert 0.0 <= stats["accuracy"] <= 1.0
     assert all(p.device.type == "cuda" for p in trainer.masker.meta_parameters().values())
 
 
