@@ -13,7 +13,10 @@ default session unless given ``registry=`` (see :mod:`fewmask.session`).
 
 from __future__ import annotations
 
+from fewmask.builtins.inner import SGDInner, SGDInnerConfig
 from fewmask.config import ExperimentConfig, TrainConfig
+from fewmask.datasets.base import CachedSource, CachedSourceConfig
+from fewmask.engine import Engine, EngineOptions, StepResult
 from fewmask.errors import (
     CheckpointError,
     ConfigError,
@@ -35,8 +38,10 @@ from fewmask.interfaces import (
     Masker,
     MetaObjective,
     Params,
+    SGDSteps,
 )
 from fewmask.options import ComponentRef, component, option
+from fewmask.outer import OuterConfig, ScheduledLR, build_outer_optimizer
 from fewmask.plugins import load_registry
 from fewmask.registry import ComponentInfo, Registry
 from fewmask.resolve import ResolvedConfig
@@ -54,6 +59,8 @@ from fewmask.version import __version__
 
 __all__ = [
     "Backbone",
+    "CachedSource",
+    "CachedSourceConfig",
     "CheckpointError",
     "ComponentInfo",
     "ComponentRef",
@@ -61,6 +68,8 @@ __all__ = [
     "DatasetError",
     "DatasetSource",
     "DuplicateComponentError",
+    "Engine",
+    "EngineOptions",
     "Episode",
     "EpisodeSampler",
     "ExperimentConfig",
@@ -70,14 +79,21 @@ __all__ = [
     "Masker",
     "MetaObjective",
     "NonFiniteError",
+    "OuterConfig",
     "Params",
     "PluginLoadError",
     "Registry",
     "ResolvedConfig",
+    "SGDInner",
+    "SGDInnerConfig",
+    "SGDSteps",
+    "ScheduledLR",
+    "StepResult",
     "TrainConfig",
     "Trainer",
     "UnknownComponentError",
     "__version__",
+    "build_outer_optimizer",
     "build_trainer",
     "component",
     "create",

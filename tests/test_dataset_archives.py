@@ -1,4 +1,4 @@
-"""Native-archive loaders (fewmask.datasets.archives) against tiny fixtures in each layout."""
+"""Flower / Aircraft / Cars (fewmask.datasets.fine_grained): native archives and class folders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fewmask.datasets import archives, register
-from fewmask.datasets.archives import (
+from fewmask.datasets import fine_grained, register
+from fewmask.datasets.fine_grained import (
     AircraftConfig,
     AircraftSource,
     CarsConfig,
@@ -19,7 +19,8 @@ from fewmask.datasets.archives import (
     VggFlowerConfig,
     VggFlowerSource,
 )
-from fewmask.errors import DatasetError
+from fewmask.errors import ConfigError, DatasetError
+from fewmask.factory import create
 from fewmask.registry import Provider, Registry
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 200, 0)
@@ -51,7 +52,7 @@ def forbid_decoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(archives, "decode_cropped", fail)
+    monkeypatch.setattr(fine_grained, "decode_cropped", fail)
 
 
 def assert_colour(images, colour):
@@ -130,8 +131,15 @@ def test_aircraft_errors(aircraft_root, tmp_path):
     with pytest.raises(DatasetError, match="images_box.txt") as err:
         AircraftSource(AircraftConfig(root=str(aircraft_root))).load("train")
     assert "expected layout" in str(err.value)
-    with pytest.raises(DatasetError, match="no fgvc-aircraft-2013b"):
-        AircraftSource(AircraftConfig(root=str(tmp_path))).load("train")
+    data.rename(tmp_path / "moved")  # fgvc-aircraft-2013b/ is left without its data/
+    with pytest.raises(DatasetError, match="no data/ folder in") as err:
+        AircraftSource(AircraftConfig(root=str(aircraft_root))).load("train")
+    assert str(aircraft_root / "fgvc-aircraft-2013b") in str(err.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="neither the native archive nor class folders") as err:
+        AircraftSource(AircraftConfig(root=str(empty))).load("train")
+    assert "images_variant_" in str(err.value) and "ROOT/<variant>/" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- vgg_flower
@@ -171,16 +179,19 @@ def test_vgg_flower_labels_from_mat_and_cache(flower_root, tmp_path, monkeypatch
 
 def test_vgg_flower_errors(flower_root, tmp_path, monkeypatch):
     root, _ = flower_root
-    with pytest.raises(DatasetError, match="no root given"):
-        VggFlowerSource(VggFlowerConfig(root="")).load("train")
+    with pytest.raises(ConfigError, match=r"\$\.root: is empty"):
+        VggFlowerSource(VggFlowerConfig(root=""))
     with pytest.raises(DatasetError, match="unknown split 'bogus'"):
         VggFlowerSource(VggFlowerConfig(root=str(root))).load("bogus")
     with pytest.raises(DatasetError, match="imagelabels.mat") as err:
         VggFlowerSource(VggFlowerConfig(root=str(root))).load("train")
     assert str(root / "imagelabels.mat") in str(err.value) and "expected layout" in str(err.value)
-    with pytest.raises(DatasetError, match="jpg"):
-        VggFlowerSource(VggFlowerConfig(root=str(tmp_path))).load("train")
     (root / "imagelabels.mat").write_bytes(b"not a mat file")
+    (root / "jpg").rename(tmp_path / "elsewhere")
+    with pytest.raises(DatasetError, match="missing image folder") as err:
+        VggFlowerSource(VggFlowerConfig(root=str(root))).load("train")
+    assert str(root / "jpg") in str(err.value)
+    (tmp_path / "elsewhere").rename(root / "jpg")
     monkeypatch.setitem(sys.modules, "scipy", None)
     monkeypatch.setitem(sys.modules, "scipy.io", None)
     with pytest.raises(DatasetError, match="pip install scipy"):
@@ -250,5 +261,61 @@ def test_registered_with_the_disk_loaders(aircraft_root, tmp_path):
     register(registry.scoped(Provider("fewmask", "fewmask", "0")))
     assert {"aircraft", "vgg_flower", "cars"} <= set(registry.names("dataset"))
     options = {"root": str(aircraft_root), "split_file": air_split(tmp_path)}
-    source = registry.create("dataset", "aircraft", options)
+    source = create("dataset", "aircraft", options, registry=registry)
     assert source.load("val").num_classes == 1
+
+
+# ----------------------------------------------------------------------------- class folders
+
+
+def test_flower_class_folders_every_naming_style_and_the_builtin_split(tmp_path):
+    flowers = tmp_path / "flowers_by_class"
+    for i in range(1, 103):  # every naming style the id matcher accepts
+        name = (f"class_{i:05d}", f"{i:03d}", f"{i}.some name")[i % 3]
+        boxed_jpg(flowers / name / "0.jpg", (6, 6), (0, 0, 6, 6), GREEN, GREEN)
+    (flowers / "notes").mkdir()  # not a class id: ignored
+    source = VggFlowerSource(VggFlowerConfig(root=str(flowers), cache_dir=str(tmp_path / "c")))
+    splits = [source.load(s) for s in ("train", "val", "test")]
+    assert [s.num_classes for s in splits] == [71, 15, 16]
+    ids = [int(n) for n in splits[0].class_names]
+    assert ids == sorted(ids) and splits[0].images.shape[1:] == (3, 32, 32)
+    (flowers / "7").mkdir()  # a second folder for class 7 (already class_00007)
+    with pytest.raises(DatasetError, match="both match class '7'"):
+        VggFlowerSource(VggFlowerConfig(root=str(flowers))).load("train")
+
+
+def test_flower_native_archive_and_class_folders_agree(flower_root, tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    root, labels = flower_root
+    scipy_io.savemat(root / "imagelabels.mat", {"labels": np.array([labels], dtype=np.uint8)})
+    folders = tmp_path / "by_class"
+    for i, label in enumerate(labels, 1):
+        target = folders / f"{label:03d}" / f"image_{i:05d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((root / "jpg" / f"image_{i:05d}.jpg").read_bytes())
+    split = write_json(tmp_path / "fs.json", {"train": [3, 1], "val": [2], "test": [2]})
+    native = VggFlowerSource(VggFlowerConfig(root=str(root), split_file=split)).load("train")
+    by_class = VggFlowerSource(VggFlowerConfig(root=str(folders), split_file=split)).load("train")
+    assert by_class.class_names == native.class_names == ("1", "3")
+    assert torch.equal(by_class.images, native.images)
+
+
+def test_aircraft_and_cars_class_folders(tmp_path):
+    planes = tmp_path / "planes"
+    for variant in ("F-16A_B", "Cessna 172", "A310"):
+        for i in range(2):
+            boxed_jpg(planes / variant / f"{i}.jpg")
+    split = write_json(tmp_path / "air.json", {"train": ["F-16A/B", "Cessna 172"], "val": ["A310"]})
+    train = AircraftSource(AircraftConfig(root=str(planes), split_file=split)).load("train")
+    assert train.class_names == ("Cessna 172", "F-16A/B")  # as from the archive's lists
+    assert train.images.shape == (4, 3, 32, 32)
+    mean = train.images.float().mean(dim=(0, 2, 3))
+    assert mean[2] > mean[0], "whole images (mostly blue), no box crop without the archive"
+    cars = tmp_path / "cars"
+    for cls in (1, 2, 3):
+        boxed_jpg(cars / f"{cls:03d}.Some Car {cls}" / "0.jpg")
+    split = write_json(tmp_path / "cars.json", {"train": [1, 3], "val": [2], "test": [4]})
+    source = CarsSource(CarsConfig(root=str(cars), split_file=split, image_size=16))
+    assert source.load("train").class_names == ("1", "3")
+    with pytest.raises(DatasetError, match="class 4 of split 'test'.*no matching class folder"):
+        source.load("test")

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -26,13 +27,14 @@ from fewmask.datasets import (
     MiniImageNetSource,
     OmniglotConfig,
     OmniglotSource,
-    common,
     register,
 )
 from fewmask.datasets import cifar as cifar_module
 from fewmask.datasets import fashion_mnist as fmnist_module
-from fewmask.datasets.folders import entry_key, folder_key
-from fewmask.errors import DatasetError
+from fewmask.datasets.layout import builtin_split
+from fewmask.datasets.pickles import load_pickle
+from fewmask.errors import ConfigError, DatasetError
+from fewmask.factory import create
 from fewmask.registry import Provider, Registry
 
 
@@ -53,14 +55,25 @@ def tree(root):
     return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
 
 
-def forbid_decoding(monkeypatch):
+def forbid_decoding(monkeypatch, source_class):
     def fail(*args, **kwargs):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(common, "decode_image", fail)
+    monkeypatch.setattr(source_class, "decode", fail)
+
+
+def spy_decode(monkeypatch, source_class):
+    """The splits ``source_class.decode`` is called for (a cache miss decodes once)."""
+    calls = []
+    real = source_class.decode
+    monkeypatch.setattr(
+        source_class, "decode", lambda self, split: calls.append(split) or real(self, split)
+    )
+    return calls
 
 
 def write_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return str(path)
 
@@ -72,24 +85,56 @@ OMNI_SPLIT = {
     "val": ["Alpha/character02"],
     "test": ["Beta/character02"],
 }
+OMNI_PARTS = (("images_background", "Alpha", 1), ("images_evaluation", "Beta", 2))
+
+
+def omniglot_file(part, alphabet, char, drawer):
+    """Omniglot's own member names: ``<part>/<Alphabet>/characterNN/<image id>_<drawer>.png``."""
+    image_id = 100 * (1 if part == "images_background" else 9) + char
+    return f"{part}/{alphabet}/character{char:02d}/{image_id:04d}_{drawer:02d}.png"
+
+
+def drawing(char, drawer):
+    ink = np.full((20, 20), 255, np.uint8)  # black ink on white, like Omniglot
+    ink[2 : 8 + char, 3 + drawer : 6 + drawer] = 0
+    return Image.fromarray(ink).convert("1")
 
 
 @pytest.fixture
 def omniglot_root(tmp_path):
     root = tmp_path / "omni"
-    for folder, alphabet in (("images_background", "Alpha"), ("images_evaluation", "Beta")):
+    for part, alphabet, _ in OMNI_PARTS:
         for c in (1, 2):
-            for i in range(3):
-                path = root / "omniglot-py" / folder / alphabet / f"character{c:02d}" / f"{i}.png"
+            for i in range(1, 4):
+                path = root / "omniglot-py" / omniglot_file(part, alphabet, c, i)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                ink = np.full((20, 20), 255, np.uint8)  # black ink on white, like Omniglot
-                ink[2 : 8 + c, 3 + i : 6 + i] = 0
-                Image.fromarray(ink).convert("1").save(path)
+                drawing(c, i).save(path)
     return root
 
 
+def zip_parts(folders, target):
+    """The two original archives, built from unpacked folders: directory entries included."""
+    target.mkdir(parents=True, exist_ok=True)
+    for part, _, _ in OMNI_PARTS:
+        with zipfile.ZipFile(target / f"{part}.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted((folders / part).rglob("*")):
+                name = path.relative_to(folders).as_posix()
+                if path.is_dir():
+                    archive.writestr(name + "/", b"")
+                else:
+                    archive.write(path, name)
+    return target
+
+
+@pytest.fixture
+def omniglot_zips(omniglot_root, tmp_path):
+    return zip_parts(omniglot_root / "omniglot-py", tmp_path / "omni_zips")
+
+
 def omni(root, tmp_path, **options):
-    options.setdefault("split_file", write_json(tmp_path / "omni_split.json", OMNI_SPLIT))
+    if "split_file" not in options:  # written once: a rewritten split file is a changed source
+        split = tmp_path / "omni_split.json"
+        options["split_file"] = str(split) if split.exists() else write_json(split, OMNI_SPLIT)
     return OmniglotSource(OmniglotConfig(root=str(root), cache_dir=str(tmp_path / "c"), **options))
 
 
@@ -130,7 +175,7 @@ def test_omniglot_errors(omniglot_root, tmp_path):
     assert str(tmp_path / "nowhere") in str(err.value) and "images_background" in str(err.value)
     with pytest.raises(DatasetError, match="unknown split 'dev'; splits: train, val, test"):
         omni(omniglot_root, tmp_path).load("dev")
-    with pytest.raises(DatasetError, match="no images_background/ or images_evaluation/"):
+    with pytest.raises(DatasetError, match=r"no images_background/ or images_evaluation/ folder"):
         omni(tmp_path, tmp_path).load("train")
     # the built-in Vinyals split names classes this fixture lacks
     with pytest.raises(DatasetError, match="built-in omniglot split.*missing on disk"):
@@ -138,15 +183,15 @@ def test_omniglot_errors(omniglot_root, tmp_path):
     missing = write_json(tmp_path / "m.json", {"train": ["Alpha/character09"]})
     with pytest.raises(DatasetError, match="'Alpha/character09'.*missing on disk"):
         omni(omniglot_root, tmp_path, split_file=missing).load("train")
-    with pytest.raises(DatasetError, match="cannot be combined"):
-        omni(omniglot_root, tmp_path, split_scheme="lake").load("train")
+    with pytest.raises(ConfigError, match=r"\$\.split_file: .*cannot be combined"):
+        omni(omniglot_root, tmp_path, split_scheme="lake")
     empty = omniglot_root / "omniglot-py/images_background/Alpha/character02"
     for f in empty.iterdir():
         f.unlink()
     with pytest.raises(DatasetError, match="holds no images") as err:
         omni(omniglot_root, tmp_path).load("val")
     assert str(empty) in str(err.value)
-    bad = omniglot_root / "omniglot-py/images_background/Alpha/character01/1.png"
+    bad = omniglot_root / "omniglot-py" / omniglot_file("images_background", "Alpha", 1, 2)
     bad.write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="cannot decode image") as err:
         omni(omniglot_root, tmp_path).load("train")
@@ -156,7 +201,9 @@ def test_omniglot_errors(omniglot_root, tmp_path):
 def test_omniglot_partial_layout(omniglot_root, tmp_path):
     evaluation = omniglot_root / "omniglot-py" / "images_evaluation"
     evaluation.rename(tmp_path / "moved")
-    with pytest.raises(DatasetError, match="needs the evaluation folder, missing") as err:
+    with pytest.raises(
+        DatasetError, match="needs the evaluation folder .or its zip., missing"
+    ) as err:
         omni(omniglot_root, tmp_path).load("train")
     assert str(evaluation) in str(err.value) and "expected layout" in str(err.value)
     lake = omni(omniglot_root, tmp_path, split_scheme="lake", split_file=None)
@@ -171,20 +218,23 @@ def test_omniglot_cache_hit_and_invalidation(omniglot_root, tmp_path, monkeypatc
     assert len(cached) == 1 and not list((tmp_path / "c").rglob("*.tmp"))
     mtime = cached[0].stat().st_mtime_ns
     with monkeypatch.context() as patch:
-        forbid_decoding(patch)
+        forbid_decoding(patch, OmniglotSource)
         again = omni(omniglot_root, tmp_path).load("train")
+        unrotated = omni(omniglot_root, tmp_path, rotations=False).load("train")  # same file
     assert torch.equal(first.images, again.images) and first.class_names == again.class_names
-    assert cached[0].stat().st_mtime_ns == mtime
+    assert unrotated.num_classes == 2 and cached[0].stat().st_mtime_ns == mtime
     # a changed source file invalidates the cache
-    changed = omniglot_root / "omniglot-py/images_background/Alpha/character01/0.png"
+    changed = omniglot_root / "omniglot-py" / omniglot_file("images_background", "Alpha", 1, 1)
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(changed)
     os.utime(changed, ns=(1, 1))
-    calls = []
-    real = common.decode_image
-    monkeypatch.setattr(common, "decode_image", lambda *a, **k: calls.append(a) or real(*a, **k))
+    calls = spy_decode(monkeypatch, OmniglotSource)
     fresh = omni(omniglot_root, tmp_path).load("train")
-    assert len(calls) == 6 and not torch.equal(fresh.images, first.images)
+    assert calls == ["train"] and not torch.equal(fresh.images, first.images)
     assert fresh.images[0].min() == 255  # an all-black drawing inverts to white
+    # so does an edited split file
+    edited = write_json(tmp_path / "omni_split.json", {**OMNI_SPLIT, "train": ["Beta/character01"]})
+    os.utime(edited, ns=(2, 2))
+    assert omni(omniglot_root, tmp_path).load("train").num_classes == 4 and len(calls) == 2
 
 
 def test_default_cache_dir_from_environment(omniglot_root, tmp_path):
@@ -193,9 +243,86 @@ def test_default_cache_dir_from_environment(omniglot_root, tmp_path):
     assert list((tmp_path / "envcache" / "omniglot").glob("test-*.pt"))
 
 
+def test_omniglot_zips_match_the_unpacked_folders(omniglot_root, omniglot_zips, tmp_path):
+    """The two original zips are read in place and give the folders' tensors exactly."""
+    names = sorted(zipfile.ZipFile(omniglot_zips / "images_background.zip").namelist())
+    assert "images_background/Alpha/character01/0101_01.png" in names
+    assert "images_background/Alpha/" in names  # directory entries, as in the real archives
+    before = tree(omniglot_zips)
+    for options in ({}, {"split_scheme": "lake", "split_file": None}):
+        for split in ("train", "test"):
+            folders = omni(omniglot_root, tmp_path, **options).load(split)
+            zipped = omni(omniglot_zips, tmp_path / "z", **options).load(split)
+            assert torch.equal(zipped.images, folders.images)
+            assert torch.equal(zipped.labels, folders.labels)
+            assert zipped.class_names == folders.class_names
+    assert tree(omniglot_zips) == before  # nothing extracted next to the zips
+    assert list((tmp_path / "z" / "c" / "omniglot").glob("train-*.pt"))
+    # ROOT/omniglot-py/ may hold them too, as torchvision downloads them
+    nested = zip_parts(omniglot_root / "omniglot-py", tmp_path / "nested" / "omniglot-py")
+    assert omni(nested.parent, tmp_path).load("val").num_classes == 4
+
+
+def test_omniglot_zips_are_the_fingerprint(omniglot_zips, tmp_path, monkeypatch):
+    first = omni(omniglot_zips, tmp_path).load("val")
+    with monkeypatch.context() as patch:
+        forbid_decoding(patch, OmniglotSource)
+        assert torch.equal(omni(omniglot_zips, tmp_path).load("val").images, first.images)
+    calls = spy_decode(monkeypatch, OmniglotSource)
+    os.utime(omniglot_zips / "images_evaluation.zip", ns=(3, 3))
+    omni(omniglot_zips, tmp_path).load("val")
+    assert calls == ["val"]
+
+
+def test_omniglot_one_part_zipped_the_other_unpacked(omniglot_root, tmp_path):
+    evaluation = omniglot_root / "omniglot-py" / "images_evaluation"
+    zips = zip_parts(omniglot_root / "omniglot-py", tmp_path / "zips")
+    (zips / "images_evaluation.zip").rename(evaluation.with_suffix(".zip"))
+    expected = omni(omniglot_root, tmp_path / "a").load("train")
+    for f in sorted(evaluation.rglob("*"), reverse=True):
+        f.unlink() if f.is_file() else f.rmdir()
+    evaluation.rmdir()
+    mixed = omni(omniglot_root, tmp_path / "b").load("train")
+    assert torch.equal(mixed.images, expected.images)
+
+
+def test_omniglot_truncated_wrong_or_corrupt_zip(omniglot_zips, tmp_path):
+    background = omniglot_zips / "images_background.zip"
+    intact = background.read_bytes()
+    background.write_bytes(intact[: len(intact) // 2])  # cut off: no central directory
+    with pytest.raises(DatasetError, match="not a readable zip archive") as err:
+        omni(omniglot_zips, tmp_path).load("train")
+    assert str(background) in str(err.value)
+    with zipfile.ZipFile(background, "w") as wrong:  # a zip of something else
+        wrong.writestr("photos/cat.png", b"")
+    with pytest.raises(DatasetError, match="no images_background/<Alphabet>.*photos") as err:
+        omni(omniglot_zips, tmp_path).load("train")
+    assert str(background) in str(err.value) and "expected layout" in str(err.value)
+    member = "images_background/Alpha/character01/0101_02.png"
+    with zipfile.ZipFile(background, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(member, drawing(1, 2).tobytes() + b"payload")
+    data = bytearray(background.read_bytes())
+    offset = data.index(b"payload")
+    data[offset : offset + 7] = b"PAYLOAD"  # the stored CRC no longer matches
+    background.write_bytes(bytes(data))
+    split = write_json(tmp_path / "one.json", {"train": ["Alpha/character01"]})
+    with pytest.raises(DatasetError, match="cannot read .*0101_02.png from .*truncated or corrupt"):
+        omni(omniglot_zips, tmp_path, split_file=split).load("train")
+
+
+def test_omniglot_zip_member_that_is_not_an_image(omniglot_zips, tmp_path):
+    background = omniglot_zips / "images_background.zip"
+    with zipfile.ZipFile(background, "w") as archive:
+        archive.writestr("images_background/Alpha/character01/0101_01.png", b"not a png")
+    split = write_json(tmp_path / "one.json", {"train": ["Alpha/character01"]})
+    with pytest.raises(DatasetError, match="cannot decode image") as err:
+        omni(omniglot_zips, tmp_path, split_file=split).load("train")
+    assert f"{background}:images_background/Alpha/character01/0101_01.png" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- CIFAR
 
-FINE = sorted(n for s in ("train", "val", "test") for n in common.builtin_split("cifar_fs")[s])
+FINE = sorted(n for s in ("train", "val", "test") for n in builtin_split("cifar_fs")[s])
 
 
 @pytest.fixture
@@ -224,7 +351,7 @@ def test_cifar_fs_and_fc100_builtin_splits(cifar_root, tmp_path):
     assert sizes == {"cifar_fs": [64, 16, 20], "fc100": [60, 20, 20]}
     train = CifarFSSource(CifarFSConfig(root=str(cifar_root / "cifar-100-python"))).load("train")
     assert train.images.shape == (64 * 3, 3, 32, 32) and train.class_counts.tolist() == [3] * 64
-    assert list(train.class_names) == sorted(common.builtin_split("cifar_fs")["train"])
+    assert list(train.class_names) == sorted(builtin_split("cifar_fs")["train"])
     red = train.images[:, 0, 0, 0].long()
     assert red.tolist() == [FINE.index(train.class_names[int(y)]) for y in train.labels]
     assert train.images[:3, 1, 5, 5].tolist() == [0, 0, 1]  # train images first, then test
@@ -265,7 +392,7 @@ def test_pickles_cannot_run_code(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({b"data": Evil()}))
     with pytest.raises(DatasetError, match="refusing to load") as err:
-        common.load_pickle(path, "cifar_fs")
+        load_pickle(path, "cifar_fs")
     assert str(path) in str(err.value)
 
 
@@ -273,18 +400,89 @@ def test_pickles_cannot_run_code(tmp_path):
 
 MINI_SPLIT = {"train": ["n02", "n01"], "val": ["n03"], "test": ["n04"]}
 MINI_PARTS = {"train": ["n01", "n02"], "val": ["n03"], "test": ["n04"]}
+MINI_LABELS = {"n01": 0, "n02": 1, "n03": 64, "n04": 80}  # MetaOptNet: global labels
+CATEGORY = {
+    "train": "miniImageNet_category_split_train_phase_train.pickle",
+    "val": "miniImageNet_category_split_val.pickle",
+    "test": "miniImageNet_category_split_test.pickle",
+}
+
+
+def mini_images(count):
+    return np.stack([np.full((84, 84, 3), 10 * i, np.uint8) for i in range(count)])
+
+
+def py2_pickle(obj) -> bytes:
+    """``obj`` pickled as Python 2's cPickle writes it (protocol 2): every str a byte string
+    (``BINSTRING``), numpy arrays rebuilt by ``numpy.core.multiarray._reconstruct`` from raw
+    bytes held in such a string. Python 3 reads it only with ``encoding='latin1'``."""
+    out = bytearray(b"\x80\x02")
+
+    def string(raw: bytes) -> None:
+        if len(raw) < 256:
+            out.extend(b"U" + bytes([len(raw)]) + raw)
+        else:
+            out.extend(b"T" + struct.pack("<I", len(raw)) + raw)
+
+    def write(x) -> None:
+        if isinstance(x, dict):
+            out.extend(b"}(")
+            for key, value in x.items():
+                write(key)
+                write(value)
+            out.extend(b"u")
+        elif isinstance(x, list):
+            out.extend(b"](")
+            for value in x:
+                write(value)
+            out.extend(b"e")
+        elif isinstance(x, str):
+            string(x.encode("latin1"))
+        elif isinstance(x, int):
+            out.extend(b"J" + struct.pack("<i", x))
+        elif isinstance(x, np.ndarray):
+            assert x.dtype == np.uint8
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85")
+            string(b"b")
+            out.extend(b"\x87R(K\x01(")
+            for size in x.shape:
+                write(int(size))
+            out.extend(b"tcnumpy\ndtype\n")
+            string(b"u1")
+            out.extend(b"K\x00K\x01\x87R(K\x03")
+            string(b"|")
+            out.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")
+            string(np.ascontiguousarray(x).tobytes())
+            out.extend(b"tb")
+        else:
+            raise TypeError(type(x))
+
+    write(obj)
+    return bytes(out + b".")
+
+
+def category_pickle(wnids, python2=False, names=True):
+    """One MetaOptNet file: data uint8 [N, 84, 84, 3], labels, catname2label (2 images/class)."""
+    labels = [MINI_LABELS[w] for w in wnids for _ in range(2)]
+    content = {"data": mini_images(len(labels)), "labels": labels}
+    if names:
+        content["catname2label"] = {w: MINI_LABELS[w] for w in wnids}
+    return py2_pickle(content) if python2 else pickle.dumps(content, protocol=2)
 
 
 def make_mini(root, layout):
+    root.mkdir(parents=True, exist_ok=True)
     for split, wnids in MINI_PARTS.items():
         if layout == "pkl":
-            images = np.stack(
-                [np.full((84, 84, 3), 10 * i, np.uint8) for i in range(2 * len(wnids))]
-            )
             class_dict = {w: [2 * k, 2 * k + 1] for k, w in enumerate(wnids)}
-            root.mkdir(parents=True, exist_ok=True)
             with open(root / f"mini-imagenet-cache-{split}.pkl", "wb") as f:
-                pickle.dump({"image_data": images, "class_dict": class_dict}, f)
+                pickle.dump(
+                    {"image_data": mini_images(2 * len(wnids)), "class_dict": class_dict}, f
+                )
+            continue
+        if layout in ("category", "category_py2"):
+            data = category_pickle(wnids, python2=layout == "category_py2")
+            (root / CATEGORY[split]).write_bytes(data)
             continue
         rows = ["filename,label"]
         for w in wnids:
@@ -299,7 +497,7 @@ def make_mini(root, layout):
             (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
 
 
-@pytest.mark.parametrize("layout", ["csv", "pkl", "folders"])
+@pytest.mark.parametrize("layout", ["csv", "pkl", "category", "category_py2", "folders"])
 def test_mini_imagenet_layouts(layout, tmp_path):
     root = tmp_path / "mini"
     make_mini(root, layout)
@@ -312,8 +510,9 @@ def test_mini_imagenet_layouts(layout, tmp_path):
         MiniImageNetConfig(root=str(root), split_file=split, image_size=32)
     ).load("test")
     assert small.images.shape == (2, 3, 32, 32)
-    if layout == "pkl":
+    if layout != "csv" and layout != "folders":
         assert train.images[:, 0, 0, 0].tolist() == [0, 10, 20, 30]
+        assert small.images[:, 1, 5, 5].tolist() == [0, 10]  # uniform images stay uniform
     # a custom split may draw classes from another split's files
     mixed = write_json(tmp_path / "mixed.json", {"val": ["n01", "n03"]})
     config = MiniImageNetConfig(root=str(root), split_file=mixed, cache_dir=str(tmp_path / "c"))
@@ -323,12 +522,78 @@ def test_mini_imagenet_layouts(layout, tmp_path):
         MiniImageNetSource(MiniImageNetConfig(root=str(root))).load("train")
 
 
+def test_python2_pickle_needs_latin1(tmp_path):
+    """The fixture really is in Python 2's format: the default ASCII decoding fails on it."""
+    path = tmp_path / "py2.pickle"
+    data = np.arange(2 * 84 * 84 * 3, dtype=np.int64).astype(np.uint8).reshape(2, 84, 84, 3)
+    path.write_bytes(py2_pickle({"data": data, "labels": [64, 64], "catname2label": {"n03": 64}}))
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(path.read_bytes())
+    loaded = load_pickle(path, "mini_imagenet", encoding="latin1")
+    assert loaded["labels"] == [64, 64] and loaded["catname2label"] == {"n03": 64}
+    assert loaded["data"].dtype == np.uint8 and np.array_equal(loaded["data"], data)
+    root = tmp_path / "mini"
+    root.mkdir()
+    path.rename(root / CATEGORY["val"])
+    split = write_json(tmp_path / "s.json", {"val": ["n03"]})
+    val = MiniImageNetSource(MiniImageNetConfig(root=str(root), split_file=split)).load("val")
+    assert val.class_names == ("n03",)
+    assert torch.equal(val.images, torch.from_numpy(data).permute(0, 3, 1, 2))
+
+
+def test_mini_imagenet_category_pickles_without_names(tmp_path):
+    """Without catname2label the classes are the file's labels, in increasing order."""
+    root = tmp_path / "mini"
+    root.mkdir()
+    (root / CATEGORY["val"]).write_bytes(category_pickle(["n04", "n03"], names=False))
+    data = MiniImageNetSource(MiniImageNetConfig(root=str(root))).load("val")
+    assert data.class_names == ("64", "80") and data.images[:, 0, 0, 0].tolist() == [20, 30, 0, 10]
+    split = write_json(tmp_path / "s.json", {"val": ["n03"]})
+    with pytest.raises(DatasetError, match="has no catname2label"):
+        MiniImageNetSource(MiniImageNetConfig(root=str(root), split_file=split)).load("val")
+
+
+def test_mini_imagenet_category_pickle_errors(tmp_path):
+    root = tmp_path / "mini"
+    make_mini(root, "category")
+    split = write_json(tmp_path / "split.json", MINI_SPLIT)
+    source = MiniImageNetSource(MiniImageNetConfig(root=str(root), split_file=split))
+    val = root / CATEGORY["val"]
+    intact = val.read_bytes()
+    val.write_bytes(intact[: len(intact) // 3])  # truncated
+    with pytest.raises(DatasetError, match="cannot read pickle") as err:
+        source.load("val")
+    assert str(val) in str(err.value)
+    val.write_bytes(b"PK\x03\x04 a zip, not a pickle")
+    with pytest.raises(DatasetError, match="cannot read pickle") as err:
+        source.load("val")
+    assert str(val) in str(err.value)
+    val.write_bytes(pickle.dumps({"image_data": mini_images(2)}, protocol=2))
+    with pytest.raises(DatasetError, match="is not a dict with 'data' and 'labels'") as err:
+        source.load("val")
+    assert str(val) in str(err.value)
+    wrong = {"data": mini_images(2).astype(np.float32), "labels": [64, 64]}
+    val.write_bytes(pickle.dumps(wrong, protocol=2))
+    with pytest.raises(DatasetError, match=r"data must be uint8 \[N, H, W, 3\], got float32"):
+        source.load("val")
+    short = {"data": mini_images(2), "labels": [64], "catname2label": {"n03": 64}}
+    val.write_bytes(pickle.dumps(short, protocol=2))
+    with pytest.raises(DatasetError, match="labels must be 2 integers"):
+        source.load("val")
+    val.unlink()
+    (root / CATEGORY["test"]).unlink()
+    with pytest.raises(DatasetError, match="missing pickle") as err:
+        MiniImageNetSource(MiniImageNetConfig(root=str(root))).load("val")
+    assert str(val) in str(err.value)
+
+
 def test_mini_imagenet_errors(tmp_path):
     root = tmp_path / "mini"
     root.mkdir()
     with pytest.raises(DatasetError, match="no miniImageNet layout found") as err:
         MiniImageNetSource(MiniImageNetConfig(root=str(root))).load("train")
     assert "mini-imagenet-cache" in str(err.value) and str(root) in str(err.value)
+    assert "miniImageNet_category_split_" in str(err.value)
     make_mini(root, "csv")
     split = write_json(tmp_path / "split.json", MINI_SPLIT)
     missing = root / "images" / "n0300000001.jpg"
@@ -391,7 +656,7 @@ def test_image_folder_split_folders_layout_and_errors(tmp_path, monkeypatch):
     first = ImageFolderSource(config).load("train")
     assert first.class_names == ("x", "y") and first.images.shape == (2, 3, 32, 32)
     with monkeypatch.context() as patch:
-        forbid_decoding(patch)
+        forbid_decoding(patch, ImageFolderSource)
         assert torch.equal(ImageFolderSource(config).load("train").images, first.images)
     write_png(root / "train" / "x" / "1.png")  # a new file invalidates the cache
     assert ImageFolderSource(config).load("train").images.shape[0] == 3
@@ -414,24 +679,13 @@ def test_image_folder_split_folders_layout_and_errors(tmp_path, monkeypatch):
     assert str(flat / "gone") in str(err.value)
     with pytest.raises(DatasetError, match="does not exist"):
         ImageFolderSource(ImageFolderConfig(root=str(tmp_path / "nope"))).load("train")
-    with pytest.raises(DatasetError, match="channels must be 1 .* or 3"):
+    with pytest.raises(ConfigError, match=r"\$\.channels: must be 1 .* or 3"):
         ImageFolderSource(ImageFolderConfig(root=str(flat), channels=2))
 
 
-def test_image_folder_builtin_splits(tmp_path):
-    flowers = tmp_path / "flowers"
-    for i in range(1, 103):  # every naming style the id matcher accepts
-        name = (f"class_{i:05d}", f"{i:03d}", f"{i}.some name")[i % 3]
-        write_png(flowers / name / "0.png", (6, 6), seed=i)
-    source = ImageFolderSource(
-        ImageFolderConfig(
-            root=str(flowers), split="vgg_flower", image_size=32, cache_dir=str(tmp_path / "c")
-        )
-    )
-    sizes = [source.load(s).num_classes for s in ("train", "val", "test")]
-    assert sizes == [71, 15, 16]
+def test_image_folder_cub_split(tmp_path):
     cub = tmp_path / "CUB_200_2011"
-    names = sorted(n for s in ("train", "val", "test") for n in common.builtin_split("cub")[s])
+    names = sorted(n for s in ("train", "val", "test") for n in builtin_split("cub")[s])
     for n in names:
         write_png(cub / "images" / n / "0.jpg", (6, 6), mode="RGB")
     config = ImageFolderConfig(root=str(tmp_path), split="cub", cache_dir=str(tmp_path / "c"))
@@ -441,9 +695,13 @@ def test_image_folder_builtin_splits(tmp_path):
     (cub / "images" / "002.Laysan_Albatross").rmdir()
     with pytest.raises(DatasetError, match="'002.Laysan_Albatross'.*missing on disk"):
         ImageFolderSource(config).load("val")
-    assert folder_key("F-16A_B", "aircraft") == entry_key("F-16A/B", "aircraft")
-    assert folder_key("class_00007", "cars") == entry_key(7, "cars") == "7"
-    assert folder_key("notes", "cars") is None
+
+
+def test_image_folder_points_flower_aircraft_cars_to_their_loaders(tmp_path):
+    with pytest.raises(ConfigError, match=r"\$\.split: class folders of vgg_flower are read by"):
+        ImageFolderSource(ImageFolderConfig(root=str(tmp_path), split="vgg_flower"))
+    with pytest.raises(ConfigError, match=r"\$\.split: 'birds' is not one of 'cub'"):
+        ImageFolderSource(ImageFolderConfig(root=str(tmp_path), split="birds"))
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -520,6 +778,7 @@ def test_register_and_create_through_the_registry(cifar_root):
     registry = Registry()
     register(registry.scoped(Provider("fewmask", "fewmask", "0")))
     assert set(registry.names("dataset")) == {
+        "glyphs",
         "omniglot",
         "cifar_fs",
         "fc100",
@@ -530,7 +789,7 @@ def test_register_and_create_through_the_registry(cifar_root):
         "vgg_flower",
         "cars",
     }
-    source = registry.create("dataset", "fc100", {"root": str(cifar_root)})
+    source = create("dataset", "fc100", {"root": str(cifar_root)}, registry=registry)
     assert source.load("test").num_classes == 20
 
 
@@ -560,6 +819,6 @@ def test_shipped_splits_keep_their_source():
         "aircraft",
         "cars",
     ):
-        data = common.builtin_split(name)
+        data = builtin_split(name)
         assert "(MIT)" in data["source"] or "(Apache-2.0)" in data["source"], name
         assert not set(map(str, data["train"])) & set(map(str, data["test"]))

@@ -1,20 +1,37 @@
-"""Statistics of the shipped glyph benchmark, plus a generator smoke test."""
+"""Statistics of the shipped glyph benchmark, plus smoke tests of tools/glyphs_generate.py."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from fewmask.data.glyphs import (
+from fewmask.datasets.glyphs import (
     GLYPHS_HELDOUT_PATH,
     GLYPHS_PATH,
+    GlyphsConfig,
+    GlyphsSource,
     load_glyph_arrays,
     load_glyph_split,
     nearest_neighbour_accuracy,
 )
+from fewmask.errors import ConfigError, DatasetError
+
+TOOLS = Path(__file__).parents[1] / "tools"
+
+
+def generator(monkeypatch):
+    """tools/glyphs_generate.py as a module (it lives outside the package)."""
+    if importlib.util.find_spec("fontTools") is None:
+        pytest.skip("fontTools not installed (optional extra needed to generate glyphs)")
+    monkeypatch.syspath_prepend(str(TOOLS))
+    return importlib.import_module("glyphs_generate")
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +128,8 @@ def test_nn_accuracy_sanity() -> None:
         nearest_neighbour_accuracy(noisy[:3], episodes=5)
 
 
-def _smoke_fonts() -> list[Path]:
-    if importlib.util.find_spec("fontTools") is None:
-        pytest.skip("fontTools not installed (optional extra needed to generate glyphs)")
-    from fewmask.data.glyphs_generate import discover_fonts
-
-    fonts = discover_fonts()
+def _smoke_fonts(gen) -> list[Path]:
+    fonts = gen.discover_fonts()
     preferred = [
         f
         for f in fonts
@@ -130,11 +143,10 @@ def _smoke_fonts() -> list[Path]:
     return chosen
 
 
-def test_generator_smoke(tmp_path: Path) -> None:
-    fonts = _smoke_fonts()
-    from fewmask.data.glyphs_generate import generate, save, write_sample_png
-
-    arrays = generate(
+def test_generator_smoke(tmp_path: Path, monkeypatch) -> None:
+    gen = generator(monkeypatch)
+    fonts = _smoke_fonts(gen)
+    arrays = gen.generate(
         font_paths=fonts,
         samples=4,
         shift=1.0,
@@ -149,21 +161,34 @@ def test_generator_smoke(tmp_path: Path) -> None:
     assert 3 <= images.shape[0] <= 6
     assert (images.reshape(len(images), 4, -1).max(axis=2) > 128).all()
     out = tmp_path / "tiny.npz"
-    save(arrays, out)
+    gen.save(arrays, out)
     loaded = load_glyph_arrays(out)
     assert loaded["metadata"]["settings"]["shift_px"] == 1.0
     png = tmp_path / "tiny.png"
-    write_sample_png(arrays, png)
+    gen.write_sample_png(arrays, png)
     assert png.stat().st_size > 0
 
 
-def test_generator_no_fonts(tmp_path: Path) -> None:
-    if importlib.util.find_spec("fontTools") is None:
-        pytest.skip("fontTools not installed")
-    from fewmask.data.glyphs_generate import generate
-
+def test_generator_no_fonts(tmp_path: Path, monkeypatch) -> None:
+    gen = generator(monkeypatch)
     with pytest.raises(SystemExit, match="fonts-noto-core fonts-noto-extra"):
-        generate(font_dirs=[tmp_path])
+        gen.generate(font_dirs=[tmp_path])
+
+
+def test_generator_is_a_script_outside_the_package() -> None:
+    """The generator ships in the repository's tools/, not in the wheel; it still runs."""
+    import fewmask.datasets
+
+    package = Path(fewmask.datasets.__file__).parents[1]
+    assert not list(package.rglob("glyphs_generate.py"))
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / "glyphs_generate.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--heldout" in result.stdout and "--exclude" in result.stdout
 
 
 # --------------------------------------------------------------------------- held-out alphabets
@@ -263,11 +288,9 @@ def test_heldout_nn_accuracy_band(heldout: dict) -> None:
     assert abs(acc - recorded) < 0.06
 
 
-def test_heldout_generator_smoke(tmp_path: Path) -> None:
-    if importlib.util.find_spec("fontTools") is None:
-        pytest.skip("fontTools not installed")
-    from fewmask.data.glyphs_generate import discover_fonts, generate, heldout_script
-
+def test_heldout_generator_smoke(tmp_path: Path, monkeypatch) -> None:
+    gen = generator(monkeypatch)
+    discover_fonts, generate, heldout_script = gen.discover_fonts, gen.generate, gen.heldout_script
     wanted = ("NotoSansVai-Regular.ttf", "NotoSansLinearB-Regular.ttf")
     fonts = [f for f in discover_fonts() if f.name in wanted]
     if len(fonts) < 2:
@@ -293,3 +316,51 @@ def test_heldout_generator_smoke(tmp_path: Path) -> None:
     assert arrays["alphabets"].tolist() == ["LINEAR B", "VAI"]
     assert arrays["alphabet_split"].tolist() == ["test", "test"]
     assert sorted(arrays["metadata"]["heldout"]["single_font_alphabets"]) == ["LINEAR B", "VAI"]
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def test_dataset_is_the_npz_in_loader_order() -> None:
+    """The loader's tensors are the .npz arrays, classes in file order, samples in order."""
+    arrays, codepoints = load_glyph_split("val")
+    data = GlyphsSource(GlyphsConfig()).load("val")
+    classes, samples = arrays.shape[:2]
+    assert data.name == "glyphs/val" and data.images.shape == (classes * samples, 1, 28, 28)
+    assert torch.equal(data.images[:, 0], torch.from_numpy(arrays).reshape(-1, 28, 28))
+    assert data.labels.tolist() == [c for c in range(classes) for _ in range(samples)]
+    assert data.class_names[0] == f"U+{int(codepoints[0]):04X}"
+    rotated = GlyphsSource(GlyphsConfig(rotations=True)).load("val")
+    assert rotated.num_classes == 4 * classes and rotated.class_names[classes] == (
+        f"{data.class_names[0]}/rot90"
+    )
+    first = rotated.images[rotated.labels == classes]
+    assert torch.equal(first, torch.rot90(data.images[data.labels == 0], 1, dims=(2, 3)))
+
+
+def test_dataset_heldout_and_bad_files(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FEWMASK_CACHE", str(tmp_path / "cache"))
+    heldout = GlyphsSource(GlyphsConfig(set="heldout"))
+    assert heldout.splits == ("test",) and heldout.load("test").name == "glyphs:heldout/test"
+    with pytest.raises(DatasetError, match="glyphs:heldout: unknown split 'train'; splits: test"):
+        heldout.load("train")
+    with pytest.raises(DatasetError, match=str(tmp_path / "none.npz")):
+        GlyphsSource(GlyphsConfig(path=str(tmp_path / "none.npz"))).load("train")
+    with pytest.raises(ConfigError, match=r"\$\.set: 'other' is not one of"):
+        GlyphsSource(GlyphsConfig(set="other"))
+    assert not (tmp_path / "cache").exists(), "the glyph set is package data: never cached"
+
+
+def test_package_data_ships_the_glyph_sets() -> None:
+    """pyproject's package-data globs name the shipped .npz files (a wheel carries them)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    root = Path(__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["fewmask"]
+    shipped = {p for g in globs for p in (root / "fewmask").glob(g)}
+    assert {GLYPHS_PATH, GLYPHS_HELDOUT_PATH} <= shipped
+    assert any(p.parent.name == "splits" for p in shipped)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fewmask import datasets as disk_datasets
+import fewmask.datasets as disk_datasets
 from fewmask.builtins import convnets
 from fewmask.builtins.backbones import MLP, MLP5Config, OmniglotMLPConfig
-from fewmask.builtins.datasets import GlyphsConfig, GlyphsSource
 from fewmask.builtins.inner import SGDInner, SGDInnerConfig
 from fewmask.builtins.maskers import DenseMasker
 from fewmask.builtins.objectives import MAMLConfig, MAMLObjective
@@ -47,10 +46,4 @@ def fewmask_register(registry) -> None:
         EpisodicSampler,
         config=EpisodicConfig,
         description="N-way K-shot Q-query episodes from in-memory tensors",
-    )
-    registry.add_dataset(
-        "glyphs",
-        GlyphsSource,
-        config=GlyphsConfig,
-        description="built-in Omniglot-shaped glyph set (1,600+ classes, 28x28)",
     )

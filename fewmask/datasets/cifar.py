@@ -8,9 +8,11 @@ import attrs
 import numpy as np
 import torch
 
-from fewmask.datasets import common
+from fewmask.datasets import layout
+from fewmask.datasets.base import CachedSource, CachedSourceConfig
+from fewmask.datasets.images import Arrays
+from fewmask.datasets.pickles import load_pickle
 from fewmask.errors import DatasetError
-from fewmask.interfaces import DatasetSource, FewShotDataset
 from fewmask.options import option
 
 FILES = ("train", "test", "meta")
@@ -22,17 +24,13 @@ LAYOUT = """\
 
 
 @attrs.frozen
-class CifarFSConfig:
+class CifarFSConfig(CachedSourceConfig):
     """Options of ``cifar_fs`` (Bertinetto et al. 64/16/20 classes)."""
 
-    root: str = option(help="folder holding cifar-100-python/ (or that folder itself)")
     split_file: str | None = option(
         None,
         help='JSON {"train": [...], "val": [...], "test": [...]} of CIFAR-100 fine label names '
         "replacing the built-in split",
-    )
-    cache_dir: str | None = option(
-        None, help="where decoded tensors are cached (default $FEWMASK_CACHE or ~/.cache/fewmask)"
     )
 
 
@@ -41,47 +39,32 @@ class FC100Config(CifarFSConfig):
     """Options of ``fc100`` (Oreshkin et al. 60/20/20 classes by superclass)."""
 
 
-class CifarFSSource(DatasetSource):
+class CifarFSSource(CachedSource):
     """CIFAR-100 classes, 600 images each (train + test pooled), 3x32x32."""
 
     name = "cifar_fs"
+    layout = LAYOUT
 
-    def __init__(self, config: CifarFSConfig):
-        self.config = config
+    def source_files(self, split: str) -> list[Path]:
+        folder = self._folder()
+        return [folder / f for f in FILES] + layout.split_files(self.config.split_file, self.name)
 
-    def load(self, split: str) -> FewShotDataset:
-        cfg, name = self.config, self.name
-        common.check_split(split, self.splits, name)
+    def decode(self, split: str) -> Arrays:
         folder = self._folder()
         files = {f: folder / f for f in FILES}
-        splits, where = common.split_source(cfg.split_file, name, name)
-        wanted = sorted(map(str, common.split_classes(splits, split, name, where)))
-        key = {
-            "split": split,
-            "root": common.key_root(folder),
-            "classes": common.fingerprint_names(wanted),
-        }
-
-        def build() -> common.Arrays:
-            return read_cifar(files, wanted, name, split, where)
-
-        fingerprint = common.fingerprint(files.values(), name)
-        path = common.cache_path(cfg.cache_dir, name, key)
-        arrays, _ = common.cached(path, fingerprint, build)
-        return common.make_dataset(arrays, f"{name}/{split}")
+        wanted, where = layout.wanted_classes(self.config.split_file, self.name, split, self.name)
+        return read_cifar(files, wanted, self.name, split, where)
 
     def _folder(self) -> Path:
-        root = common.resolve_root(self.config.root, self.name, LAYOUT)
+        root = self.root_folder()
         folder = root / "cifar-100-python"
         if not folder.is_dir():
             if not any((root / f).exists() for f in FILES):
-                raise common.layout_error(
-                    self.name, "no cifar-100-python/ folder (or its pickles) in", root, LAYOUT
-                )
+                raise self.layout_error("no cifar-100-python/ folder (or its pickles) in", root)
             folder = root
         for f in FILES:
             if not (folder / f).is_file():
-                raise common.layout_error(self.name, "missing CIFAR-100 pickle", folder / f, LAYOUT)
+                raise self.layout_error("missing CIFAR-100 pickle", folder / f)
         return folder
 
 
@@ -93,9 +76,9 @@ class FC100Source(CifarFSSource):
 
 def read_cifar(
     files: dict[str, Path], wanted: list[str], dataset: str, split: str, where: str
-) -> common.Arrays:
+) -> Arrays:
     """Images of the ``wanted`` fine labels, train then test images of each class, in order."""
-    meta = common.load_pickle(files["meta"], dataset)
+    meta = load_pickle(files["meta"], dataset)
     try:
         raw_names = meta[b"fine_label_names"]
         fine_names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
@@ -113,7 +96,7 @@ def read_cifar(
             )
     datas, labels = [], []
     for part in ("train", "test"):
-        batch = common.load_pickle(files[part], dataset)
+        batch = load_pickle(files[part], dataset)
         try:
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             fine = np.asarray(batch[b"fine_labels"], dtype=np.int64)

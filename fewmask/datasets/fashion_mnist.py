@@ -11,9 +11,9 @@ import attrs
 import numpy as np
 import torch
 
-from fewmask.datasets import common
+from fewmask.datasets.base import CachedSource, CachedSourceConfig
+from fewmask.datasets.images import Arrays, resize_array, with_channels
 from fewmask.errors import DatasetError
-from fewmask.interfaces import DatasetSource, FewShotDataset
 from fewmask.options import option
 
 NAME = "fashion_mnist"
@@ -48,7 +48,7 @@ LAYOUT = """\
 
 
 @attrs.frozen
-class FashionMNISTConfig:
+class FashionMNISTConfig(CachedSourceConfig):
     """Options of ``fashion_mnist``."""
 
     root: str | None = option(
@@ -57,9 +57,12 @@ class FashionMNISTConfig:
     )
     image_size: int = option(28, ge=4, help="side length (28: as stored; else PIL BILINEAR)")
     channels: int = option(1, ge=1, le=3, help="1: grayscale; 3: replicated to RGB (2 is rejected)")
-    cache_dir: str | None = option(
-        None, help="where decoded tensors are cached (default $FEWMASK_CACHE or ~/.cache/fewmask)"
-    )
+
+    def check(self) -> dict[str, str]:
+        problems = CachedSourceConfig.check(self)
+        if self.channels == 2:
+            problems["channels"] = "must be 1 (grayscale) or 3 (RGB), got 2"
+        return problems
 
 
 def find_files(folder: Path) -> dict[str, Path] | None:
@@ -104,55 +107,49 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return data.reshape(dims)
 
 
-class FashionMNISTSource(DatasetSource):
+class FashionMNISTSource(CachedSource):
     """All 70,000 Fashion-MNIST images pooled into 10 classes; every split name gives them all."""
 
-    def __init__(self, config: FashionMNISTConfig):
-        common.check_channels(config.channels, NAME)
-        self.config = config
+    name = NAME
+    layout = LAYOUT
+    after_cache = ("channels",)
 
-    def load(self, split: str) -> FewShotDataset:
-        cfg = self.config
-        common.check_split(split, self.splits, NAME)
+    def cache_key(self, split: str) -> dict:
+        return super().cache_key("all")  # every split is the same data: one cache file
+
+    def source_files(self, split: str) -> list[Path]:
+        return list(self._files().values())
+
+    def decode(self, split: str) -> Arrays:
         files = self._files()
-        key = {"split": "all", "root": common.key_root(files[PARTS["train"][0]].parent)}
-        key["size"] = cfg.image_size
-
-        def build() -> common.Arrays:
-            images, labels = [], []
-            for image_stem, label_stem in PARTS.values():
-                x = read_idx(files[image_stem], IMAGES_MAGIC)
-                y = read_idx(files[label_stem], LABELS_MAGIC)
-                if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-                    raise DatasetError(
-                        f"fashion_mnist: {files[image_stem]} ({x.shape}) and "
-                        f"{files[label_stem]} ({y.shape}) do not match"
-                    )
-                images.append(x)
-                labels.append(y)
-            x, y = np.concatenate(images), np.concatenate(labels).astype(np.int64)
-            if y.max(initial=0) >= len(CLASSES):
+        images, labels = [], []
+        for image_stem, label_stem in PARTS.values():
+            x = read_idx(files[image_stem], IMAGES_MAGIC)
+            y = read_idx(files[label_stem], LABELS_MAGIC)
+            if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
                 raise DatasetError(
-                    f"fashion_mnist: label {int(y.max())} out of range 0..9 in "
-                    f"{files[PARTS['train'][1]].parent}"
+                    f"fashion_mnist: {files[image_stem]} ({x.shape}) and "
+                    f"{files[label_stem]} ({y.shape}) do not match"
                 )
-            order = np.argsort(y, kind="stable")
-            x = common.resize_array(x[order][:, None], cfg.image_size)
-            return (
-                torch.from_numpy(np.ascontiguousarray(x)),
-                torch.from_numpy(y[order]),
-                list(CLASSES),
+            images.append(x)
+            labels.append(y)
+        x, y = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+        if y.max(initial=0) >= len(CLASSES):
+            raise DatasetError(
+                f"fashion_mnist: label {int(y.max())} out of range 0..9 in "
+                f"{files[PARTS['train'][1]].parent}"
             )
+        order = np.argsort(y, kind="stable")
+        x = resize_array(x[order][:, None], self.config.image_size)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y[order]), list(CLASSES)
 
-        fingerprint = common.fingerprint(files.values(), NAME)
-        path = common.cache_path(cfg.cache_dir, NAME, key)
-        (images, labels, names), _ = common.cached(path, fingerprint, build)
-        images = common.with_channels(images, cfg.channels)
-        return common.make_dataset((images, labels, names), f"{NAME}/{split}")
+    def finish(self, arrays: Arrays) -> Arrays:
+        images, labels, names = arrays
+        return with_channels(images, self.config.channels), labels, names
 
     def _files(self) -> dict[str, Path]:
         if self.config.root:
-            root = common.resolve_root(self.config.root, NAME, LAYOUT)
+            root = self.root_folder()
             candidates = [root, root / "FashionMNIST" / "raw", root / "raw"]
         else:
             candidates = [Path(p) for p in DEBIAN_ROOTS]
@@ -167,12 +164,10 @@ class FashionMNISTSource(DatasetSource):
             for stems in PARTS.values():
                 for stem in stems:
                     if stem not in found:
-                        raise common.layout_error(
-                            NAME, "missing IDX file", folder / f"{stem}.gz", LAYOUT
-                        )
+                        raise self.layout_error("missing IDX file", folder / f"{stem}.gz")
             return found
         if self.config.root:
-            raise common.layout_error(NAME, "no Fashion-MNIST IDX files in", candidates[0], LAYOUT)
+            raise self.layout_error("no Fashion-MNIST IDX files in", candidates[0])
         raise DatasetError(
             "fashion_mnist: no root given and the Debian package dataset-fashion-mnist is not "
             f"installed (looked in {', '.join(DEBIAN_ROOTS)}); `apt-get install "

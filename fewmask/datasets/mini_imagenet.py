@@ -1,4 +1,4 @@
-"""``mini_imagenet``: miniImageNet from Ravi's csv files, the pickle caches or split folders."""
+"""``mini_imagenet``: miniImageNet from Ravi's csv files, either pickle layout, or split folders."""
 
 from __future__ import annotations
 
@@ -9,102 +9,129 @@ import attrs
 import numpy as np
 import torch
 
-from fewmask.datasets import common
+from fewmask.datasets import layout
+from fewmask.datasets.base import CachedSource, CachedSourceConfig
+from fewmask.datasets.images import Arrays, decode_classes, resize_array
+from fewmask.datasets.mini_imagenet_pickles import CACHE_FILES, CATEGORY_FILES, read_pool
 from fewmask.errors import DatasetError
-from fewmask.interfaces import DatasetSource, FewShotDataset
 from fewmask.options import option
 
 NAME = "mini_imagenet"
+PICKLES = {"cache": CACHE_FILES, "category": CATEGORY_FILES}
 LAYOUT = """\
   one of
-  (a) ROOT/{train,val,test}.csv  (header filename,label; label = wnid)  +  ROOT/images/<filename>
   (b) ROOT/mini-imagenet-cache-{train,val,test}.pkl
       (dict: image_data uint8 [N, 84, 84, 3], class_dict {wnid: [indices]})
+  (c) ROOT/miniImageNet_category_split_{train_phase_train,val,test}.pickle   (MetaOptNet's;
+      dict: data uint8 [N, 84, 84, 3], labels [N], catname2label {wnid: label})
+  (a) ROOT/{train,val,test}.csv  (header filename,label; label = wnid)  +  ROOT/images/<filename>
   (d) ROOT/{train,val,test}/<wnid>/*.jpg"""
 
 
 @attrs.frozen
-class MiniImageNetConfig:
+class MiniImageNetConfig(CachedSourceConfig):
     """Options of ``mini_imagenet``."""
 
-    root: str = option(help="folder in one of the accepted layouts (csv+images, pkl, folders)")
     split_file: str | None = option(
         None,
         help='JSON {"train": [...], "val": [...], "test": [...]} of wnids replacing the Ravi '
         "split (classes are then looked up in every split's files)",
     )
     image_size: int = option(84, ge=8, help="side length (images not of this size are resized)")
-    cache_dir: str | None = option(
-        None, help="where decoded tensors are cached (default $FEWMASK_CACHE or ~/.cache/fewmask)"
-    )
 
 
 def detect_layout(root: Path) -> str:
-    """``"pkl"``, ``"csv"`` or ``"folders"``: the first layout with any of its files present."""
-    if any((root / f"mini-imagenet-cache-{s}.pkl").is_file() for s in common.SPLITS):
-        return "pkl"
-    if any((root / f"{s}.csv").is_file() for s in common.SPLITS):
+    """``cache``, ``category``, ``csv`` or ``folders``: the first with any of its files present."""
+    for kind, files in PICKLES.items():
+        if any((root / f).is_file() for f in files.values()):
+            return kind
+    if any((root / f"{s}.csv").is_file() for s in layout.SPLITS):
         if not (root / "images").is_dir():
-            raise common.layout_error(
+            raise layout.layout_error(
                 NAME, "csv files found but the images/ folder is missing", root / "images", LAYOUT
             )
         return "csv"
-    if any((root / s).is_dir() for s in common.SPLITS):
+    if any((root / s).is_dir() for s in layout.SPLITS):
         return "folders"
-    raise common.layout_error(NAME, "no miniImageNet layout found in", root, LAYOUT)
+    raise layout.layout_error(NAME, "no miniImageNet layout found in", root, LAYOUT)
 
 
-class MiniImageNetSource(DatasetSource):
+class MiniImageNetSource(CachedSource):
     """100 ImageNet classes x 600 images, 3x84x84; Ravi & Larochelle's 64/16/20 split."""
 
-    def __init__(self, config: MiniImageNetConfig):
-        self.config = config
+    name = NAME
+    layout = LAYOUT
 
-    def load(self, split: str) -> FewShotDataset:
-        cfg = self.config
-        common.check_split(split, self.splits, NAME)
-        root = common.resolve_root(cfg.root, NAME, LAYOUT)
-        layout = detect_layout(root)
-        splits, where = common.split_source(cfg.split_file, NAME, NAME)
-        wanted = sorted(map(str, common.split_classes(splits, split, NAME, where)))
-        # the split's own files first; a custom split may take classes from the others too
-        order = [split, *(s for s in common.SPLITS if s != split)] if cfg.split_file else [split]
-        key = {
-            "split": split,
-            "root": common.key_root(root),
-            "layout": layout,
-            "classes": common.fingerprint_names(wanted),
-            "size": cfg.image_size,
-        }
-        if layout == "pkl":
-            pickles = [root / f"mini-imagenet-cache-{s}.pkl" for s in order]
-            present = [p for p in pickles if p.is_file()]
-            if not present:
-                raise common.layout_error(NAME, "missing pickle", pickles[0], LAYOUT)
-            fingerprint = common.fingerprint(present, NAME)
-
-            def build() -> common.Arrays:
-                return self._from_pickles(present, wanted, split, where)
-
+    def source_files(self, split: str) -> list[Path]:
+        root = self.root_folder()
+        kind = detect_layout(root)
+        if kind in PICKLES:
+            files = self._pickles(root, kind, split)
         else:
-            files = self._files(root, layout, order, wanted, split, where)
-            fingerprint = common.fingerprint([f for group in files for f in group], NAME)
+            files = [f for group in self._files(root, kind, split) for f in group]
+        return files + layout.split_files(self.config.split_file, NAME)
 
-            def build() -> common.Arrays:
-                images, labels = common.decode_classes(files, NAME, size=cfg.image_size, channels=3)
-                return images, labels, wanted
+    def decode(self, split: str) -> Arrays:
+        root = self.root_folder()
+        kind = detect_layout(root)
+        if kind in PICKLES:
+            return self._from_pickles(self._pickles(root, kind, split), kind, split)
+        files = self._files(root, kind, split)
+        images, labels = decode_classes(files, NAME, size=self.config.image_size, channels=3)
+        return images, labels, self._wanted(split)[0]
 
-        path = common.cache_path(cfg.cache_dir, NAME, key)
-        arrays, _ = common.cached(path, fingerprint, build)
-        return common.make_dataset(arrays, f"{NAME}/{split}")
+    def _wanted(self, split: str) -> tuple[list[str], str]:
+        return layout.wanted_classes(self.config.split_file, NAME, split, NAME)
 
-    def _files(
-        self, root: Path, layout: str, order: list[str], wanted: list[str], split: str, where: str
-    ) -> list[list[Path]]:
-        found: dict[str, list[Path]] = {}
+    def _order(self, split: str) -> list[str]:
+        """The split's own files first; a custom split may take classes from the others too."""
+        others = [s for s in layout.SPLITS if s != split]
+        return [split, *others] if self.config.split_file else [split]
+
+    def _pickles(self, root: Path, kind: str, split: str) -> list[Path]:
+        pickles = [root / PICKLES[kind][s] for s in self._order(split)]
+        present = [p for p in pickles if p.is_file()]
+        if not present:
+            raise self.layout_error("missing pickle", pickles[0])
+        return present
+
+    def _from_pickles(self, pickles: list[Path], kind: str, split: str) -> Arrays:
+        wanted, where = self._wanted(split)
+        chunks: dict[str, np.ndarray] = {}
+        for path in pickles:
+            if all(w in chunks for w in wanted):
+                break
+            pool = read_pool(path, kind)
+            if not pool.named:  # a category pickle without catname2label: its labels
+                if self.config.split_file:
+                    raise DatasetError(
+                        f"{NAME}: {path} has no catname2label, so its classes have no wnids "
+                        "for split_file to name; leave split_file out to use its labels"
+                    )
+                wanted, where = sorted(pool.classes, key=int), f"the labels of {path}"
+            for wnid in wanted:
+                if wnid in chunks or wnid not in pool.classes:
+                    continue
+                index = pool.classes[wnid]
+                if len(index) == 0:
+                    raise DatasetError(f"{NAME}: class {wnid!r} has no images in {path}")
+                images = pool.images[index].transpose(0, 3, 1, 2)
+                chunks[wnid] = resize_array(images, self.config.image_size)
+        for wnid in wanted:
+            if wnid not in chunks:
+                searched = ", ".join(map(str, pickles))
+                raise layout.missing_class(NAME, wnid, split, where, f"not in {searched}")
+        parts = [chunks[w] for w in wanted]
+        labels = np.repeat(np.arange(len(wanted)), [len(p) for p in parts])
+        images = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
+        return images, torch.from_numpy(labels), wanted
+
+    def _files(self, root: Path, kind: str, split: str) -> list[list[Path]]:
+        wanted, where = self._wanted(split)
+        found: dict[str, list[Path] | Path] = {}
         searched = []
-        for part in order:
-            if layout == "csv":
+        for part in self._order(split):
+            if kind == "csv":
                 table = root / f"{part}.csv"
                 searched.append(table)
                 if table.is_file():
@@ -114,66 +141,18 @@ class MiniImageNetSource(DatasetSource):
                 folder = root / part
                 searched.append(folder)
                 if folder.is_dir():
-                    for sub in common.subfolders(folder):
-                        found.setdefault(sub.name, sub)  # type: ignore[arg-type]
+                    for sub in layout.subfolders(folder):
+                        found.setdefault(sub.name, sub)
         if not searched[0].exists():
-            raise common.layout_error(NAME, f"split {split!r} is missing", searched[0], LAYOUT)
+            raise self.layout_error(f"split {split!r} is missing", searched[0])
         result = []
         for wnid in wanted:
             if wnid not in found:
-                raise DatasetError(
-                    f"mini_imagenet: class {wnid!r} of split {split!r} ({where}) is missing on "
-                    f"disk: not in {', '.join(map(str, searched))}"
-                )
+                why = f"not in {', '.join(map(str, searched))}"
+                raise layout.missing_class(NAME, wnid, split, where, why)
             entry = found[wnid]
-            if layout == "folders":
-                entry = common.list_images(entry, NAME)  # type: ignore[arg-type]
-            result.append(entry)
+            result.append(layout.list_images(entry, NAME) if isinstance(entry, Path) else entry)
         return result
-
-    def _from_pickles(
-        self, pickles: list[Path], wanted: list[str], split: str, where: str
-    ) -> common.Arrays:
-        size = self.config.image_size
-        chunks: dict[str, np.ndarray] = {}
-        for path in pickles:
-            missing = [w for w in wanted if w not in chunks]
-            if not missing:
-                break
-            data = common.load_pickle(path, NAME, encoding="latin1")
-            try:
-                images, class_dict = data["image_data"], data["class_dict"]
-                images = np.asarray(images)
-            except (KeyError, TypeError):
-                raise DatasetError(
-                    f"mini_imagenet: {path} is not a dict with image_data and class_dict; "
-                    f"expected layout:\n{LAYOUT}"
-                ) from None
-            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-                raise DatasetError(
-                    f"mini_imagenet: {path}: image_data must be uint8 [N, H, W, 3], got "
-                    f"{images.dtype} {images.shape}"
-                )
-            for wnid in missing:
-                if wnid in class_dict:
-                    index = np.asarray(class_dict[wnid], dtype=np.int64)
-                    if len(index) == 0:
-                        raise DatasetError(f"mini_imagenet: class {wnid!r} has no images in {path}")
-                    if index.min() < 0 or index.max() >= len(images):
-                        raise DatasetError(
-                            f"mini_imagenet: {path}: class_dict[{wnid!r}] indexes past image_data"
-                        )
-                    chunks[wnid] = common.resize_array(images[index].transpose(0, 3, 1, 2), size)
-        for wnid in wanted:
-            if wnid not in chunks:
-                raise DatasetError(
-                    f"mini_imagenet: class {wnid!r} of split {split!r} ({where}) is missing on "
-                    f"disk: not in the class_dict of {', '.join(map(str, pickles))}"
-                )
-        parts = [chunks[w] for w in wanted]
-        labels = np.repeat(np.arange(len(wanted)), [len(p) for p in parts])
-        images = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
-        return images, torch.from_numpy(labels), wanted
 
 
 def _read_csv(table: Path, images: Path) -> dict[str, list[Path]]:

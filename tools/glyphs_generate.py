@@ -7,18 +7,20 @@ sub-pixel placement on a 28x28 canvas; white ink on black).
 
 Usage::
 
-    python -m fewmask.data.glyphs_generate --out PATH.npz [--seed 0] [--samples 20]
+    python tools/glyphs_generate.py --out PATH.npz [--seed 0] [--samples 20]
         [--shift PX] [--font-dir DIR ...] [--sample-png PATH]
 
 Held-out alphabets (cross-domain meta-test target: the scripts in
 ``HELDOUT_SCRIPTS``, every alphabet in the 'test' split, no code point of the
 ``--exclude`` file, and that file's calibrated placement shift)::
 
-    python -m fewmask.data.glyphs_generate --heldout --exclude fewmask/data/glyphs.npz \
-        --out fewmask/data/glyphs_heldout.npz
+    python tools/glyphs_generate.py --heldout --exclude fewmask/datasets/data/glyphs.npz \
+        --out fewmask/datasets/data/glyphs_heldout.npz
 
-Needs Pillow and fontTools (imported lazily; an optional extra) plus fonts, e.g.
-``apt-get install fonts-noto-core fonts-noto-extra``.
+Needs Pillow and fontTools (imported lazily; the ``glyphs`` extra) plus fonts, e.g.
+``apt-get install fonts-noto-core fonts-noto-extra``, and fewmask installed (it reads and checks
+sets with :mod:`fewmask.datasets.glyphs`). This script lives outside the package: the shipped
+sets are package data, the generator is not.
 
 Script heuristic: Python has no Unicode script property, so the script of a
 letter is read from its character name: the words before the first
@@ -47,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from fewmask.data.glyphs import load_glyph_arrays, nearest_neighbour_accuracy
+from fewmask.datasets.glyphs import load_glyph_arrays, nearest_neighbour_accuracy
 
 CANVAS = 28
 LEVELS = 32  # grey levels kept in the output (0..255 in equal steps)
@@ -737,7 +739,7 @@ def generate(
     metadata = {
         "description": "Omniglot-shaped benchmark of rendered Unicode letters: "
         "alphabet = script, class = letter, white ink on black, 28x28 uint8",
-        "generator": "fewmask.data.glyphs_generate",
+        "generator": "tools/glyphs_generate.py",
         "settings": {
             "seed": seed,
             "samples": samples,
