@@ -8,12 +8,13 @@ One iteration: 5-way 5-shot 15-query, meta-batch 4, one second-order inner SGD s
 random inputs (fixed seed). MAML = ``dense`` masker, meta-parameters all backbone parameters;
 Meta-ticket = ``metaticket`` masker, meta-parameters its scores.
 
-The reference loop (:func:`loop_meta_gradient`) is written here, independent of
-``fewmask.engine``: per task, masks from the masker, a functional copy of the parameters
-through ``torch.func.functional_call`` with weights ``W * m``, ``autograd.grad(create_graph=
-True)``, ``fast = p - lr * g``, query loss / B, ``autograd.grad`` into the meta-parameters,
-accumulated (what learn2learn and the authors' code do). Engine and loop run alternately in
-one process on identical parameters and episodes; warm-up runs are excluded; times are medians.
+The reference loop is :func:`fewmask.testing.reference_meta_gradient`, the one the float64
+engine tests check against, independent of ``fewmask.engine``: per task, masks from the masker,
+a functional copy of the parameters through ``torch.func.functional_call`` with weights
+``W * m``, ``autograd.grad(create_graph=True)``, ``fast = p - lr * g``, query loss / B,
+``autograd.grad`` into the meta-parameters, accumulated (what learn2learn and the authors' code
+do). The engine is :meth:`fewmask.Engine.meta_step`. Engine and loop run alternately in one
+process on identical parameters and episodes; warm-up runs are excluded; times are medians.
 
 Columns: peak memory is the growth over the iteration (CUDA: ``max_memory_allocated`` after
 ``reset_peak_memory_stats``; CPU: free heap returned with ``malloc_trim``, the peak RSS reset by
@@ -41,14 +42,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 import fewmask
-from fewmask.engine import EngineOptions, meta_gradient
-from fewmask.interfaces import Episode
+from fewmask import Engine, EngineOptions, Episode
 from fewmask.malloc import is_glibc, trim, tune_glibc_malloc
+from fewmask.testing import functional_forward, reference_meta_gradient
 
 WAYS, SHOTS, QUERIES, LR = 5, 5, 15, 0.5
 MODELS = {  # name: (options, input shape, tiny options, tiny input shape)
@@ -76,7 +75,7 @@ COLUMNS = [
 
 
 def build(model: str, algorithm: str, args: argparse.Namespace):
-    """Backbone, masker, inner optimizer, meta-parameters and episodes, from a fixed seed."""
+    """Backbone, masker, inner optimizer, objective and episodes, from a fixed seed."""
     options, shape, tiny_options, tiny_shape = MODELS[model]
     options, shape = (tiny_options, tiny_shape) if args.tiny else (options, shape)
     torch.manual_seed(0)
@@ -84,12 +83,9 @@ def build(model: str, algorithm: str, args: argparse.Namespace):
     masker = fewmask.create("masker", MASKERS[algorithm])
     masker.attach(backbone)
     inner = fewmask.create("inner_optimizer", "sgd", {"lr": LR, "steps": 1})
+    objective = fewmask.create("objective", algorithm)  # maml: every weight; metaticket: scores
     backbone.to(args.device)
     masker.to(args.device)
-    if algorithm == "maml":
-        meta_params = dict(backbone.named_parameters())
-    else:
-        meta_params = masker.meta_parameters()
     g = torch.Generator().manual_seed(1)
     labels = torch.arange(WAYS)
 
@@ -105,26 +101,27 @@ def build(model: str, algorithm: str, args: argparse.Namespace):
         ).to(args.device)
         for _ in range(args.meta_batch)
     ]
-    return backbone, masker, inner, meta_params, episodes
+    return backbone, masker, inner, objective, episodes
 
 
-def loop_meta_gradient(backbone, masker, lr: float, meta_params: dict, episodes) -> None:
-    """The per-task reference: adds the mean query loss's gradient to ``meta_params[*].grad``."""
-    targets = list(meta_params.values())
+def loop_meta_gradient(engine: Engine, episodes) -> list[torch.Tensor]:
+    """The per-task reference loop's meta-gradient (one second-order step at rate ``LR``)."""
+    params = dict(engine.backbone.named_parameters())
+    return reference_meta_gradient(
+        functional_forward(engine.backbone),
+        params,
+        engine.masker.masks,
+        episodes,
+        dict.fromkeys(params, LR),
+        1,
+        list(engine.meta_params.values()),
+    )
 
-    def logits(params: dict, masks: dict, x: torch.Tensor) -> torch.Tensor:
-        masked = {n: p * masks[n] if n in masks else p for n, p in params.items()}
-        return functional_call(backbone, masked, (x,))
 
-    for episode in episodes:
-        masks = masker.masks()
-        params = dict(backbone.named_parameters())
-        loss = F.cross_entropy(logits(params, masks, episode.support_x), episode.support_y)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-        fast = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
-        query = F.cross_entropy(logits(fast, masks, episode.query_x), episode.query_y)
-        for target, grad in zip(targets, torch.autograd.grad(query / len(episodes), targets)):
-            target.grad = grad if target.grad is None else target.grad + grad
+def engine_meta_gradient(engine: Engine, episodes) -> list[torch.Tensor]:
+    """The engine's meta-gradient, in the order of the meta-parameters."""
+    grads = engine.meta_step(episodes).grads
+    return [grads.get(n, torch.zeros_like(p)) for n, p in engine.meta_params.items()]
 
 
 def sync(device: str) -> None:
@@ -132,13 +129,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def flat_grad(meta_params: dict) -> torch.Tensor:
-    return torch.cat([p.grad.detach().double().flatten() for p in meta_params.values()])
-
-
-def zero_grad(meta_params: dict) -> None:
-    for p in meta_params.values():
-        p.grad = None
+def flat_grad(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.detach().double().flatten() for g in grads])
 
 
 def status_kib(field: str) -> int:
@@ -189,25 +181,22 @@ def engine_options(spec: str) -> EngineOptions:
 
 
 def measure(model: str, algorithm: str, args: argparse.Namespace) -> dict:
-    backbone, masker, inner, meta_params, episodes = build(model, algorithm, args)
-    lrs = inner.learning_rates(backbone)
-    options = engine_options(args.engine)
+    backbone, masker, inner, objective, episodes = build(model, algorithm, args)
+    engine = Engine(backbone, masker, inner, objective, engine_options(args.engine))
 
-    def run_loop() -> None:
+    def run_loop() -> list[torch.Tensor]:
         with precision_context(args):
-            loop_meta_gradient(backbone, masker, LR, meta_params, episodes)
+            return loop_meta_gradient(engine, episodes)
 
-    def run_engine() -> None:
+    def run_engine() -> list[torch.Tensor]:
         with precision_context(args):
-            meta_gradient(backbone, masker, inner, meta_params, episodes, lrs, options)
+            return engine_meta_gradient(engine, episodes)
 
     row = {"model": model, "algorithm": algorithm, "malloc": args.malloc}
     set_precision("fp32")
-    zero_grad(meta_params)
     with FlopCounterMode(display=False) as counter:  # also the loop's first warm-up
-        loop_meta_gradient(backbone, masker, LR, meta_params, episodes)
+        fp32_grad = flat_grad(loop_meta_gradient(engine, episodes))
     row["gflop"] = counter.get_total_flops() / 1e9
-    fp32_grad = flat_grad(meta_params)
     set_precision(args.precision)
 
     times: dict[str, list[float]] = {"loop": [], "engine": []}
@@ -215,16 +204,15 @@ def measure(model: str, algorithm: str, args: argparse.Namespace) -> dict:
     runs = [("engine", run_engine), ("loop", run_loop)]
     for i in range(args.warmup + args.repeats):
         for name, fn in runs if i % 2 == 0 else runs[::-1]:  # alternate which goes first
-            zero_grad(meta_params)
             sync(args.device)
             start = time.perf_counter()
-            fn()
+            result = fn()
             sync(args.device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-            grads[name] = flat_grad(meta_params)
+            grads[name] = flat_grad(result)
+            del result
     for name, fn in (("loop", run_loop), ("engine", run_engine)):
-        zero_grad(meta_params)
         row[f"{name}_peak_mib"] = peak_mib(fn, args.device)
         row[f"{name}_times"] = times[name]
         row[f"{name}_s"] = statistics.median(times[name])
@@ -240,10 +228,9 @@ def measure(model: str, algorithm: str, args: argparse.Namespace) -> dict:
             Episode(e.support_x.double(), e.support_y, e.query_x.double(), e.query_y)
             for e in episodes
         ]
-        zero_grad(meta_params)
-        loop_meta_gradient(backbone, masker, LR, meta_params, episodes)
+        fp64_grad = flat_grad(loop_meta_gradient(engine, episodes))
         for name in ("engine", "loop"):
-            row[f"{name}_vs_fp64"] = relative(grads[name], flat_grad(meta_params))
+            row[f"{name}_vs_fp64"] = relative(grads[name], fp64_grad)
     return row
 
 

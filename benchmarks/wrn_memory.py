@@ -19,9 +19,7 @@ import time
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from fewmask import create
-from fewmask.engine import meta_gradient
-from fewmask.interfaces import Episode
+from fewmask import Engine, Episode, create
 
 CASES = [  # masker, checkpoint_blocks, first_order
     ("dense", False, False),
@@ -44,7 +42,8 @@ def saved_bytes(
     masker = create("masker", masker_name)
     masker.attach(backbone)
     inner = create("inner_optimizer", "sgd", {"lr": 0.3, "steps": 1, "first_order": first_order})
-    targets = masker.meta_parameters() or dict(backbone.named_parameters())
+    objective = create("objective", "metaticket" if masker.meta_parameters() else "maml")
+    engine = Engine(backbone, masker, inner, objective)
     labels = torch.arange(5)
     episode = Episode(
         torch.rand(25, *shape), labels.repeat(5), torch.rand(75, *shape), labels.repeat(15)
@@ -57,7 +56,7 @@ def saved_bytes(
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        meta_gradient(backbone, masker, inner, targets, [episode], inner.learning_rates(backbone))
+        engine.meta_step([episode])
     sizes = {p.numel() * p.element_size() for p in backbone.parameters()}
     fixed = sum(b for b in seen.values() if b in sizes)
     return fixed, sum(seen.values()) - fixed

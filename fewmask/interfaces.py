@@ -7,7 +7,7 @@ A meta-learner is composed of:
   (the ``dense`` masker is the identity, for MAML).
 - :class:`InnerOptimizer`: the differentiable support-set steps, with a per-parameter learning rate.
 - :class:`MetaObjective`: what the outer loop learns (initial weights for MAML, scores for
-  Meta-ticket) and with which optimizer and learning-rate schedule.
+  Meta-ticket), its losses and metrics, and its optimizer and learning-rate schedule.
 - :class:`EpisodeSampler`: draws N-way K-shot Q-query episodes from a :class:`FewShotDataset`.
 
 Each component class is constructed from its config object (an attrs class registered with it):
@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import attrs
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Params = dict[str, Tensor]
@@ -114,21 +115,32 @@ class FewShotDataset:
 class Backbone(nn.Module, ABC):
     """A classifier network split into a body (feature extractor) and a head.
 
-    Follows the subset of timm's model protocol that meta-learning needs. Subclasses are built as
-    ``cls(config, input_shape=(C, H, W), num_classes=N)``.
+    Follows the subset of timm's model protocol that meta-learning needs: ``forward_features``,
+    ``forward_head(x, pre_logits=False)``, ``get_classifier()``, ``reset_classifier(n)``; plus
+    which weights a masker may prune. Subclasses are built as
+    ``cls(config, input_shape=(C, H, W), num_classes=N)``; ``num_features`` is the width of the
+    classifier's input. Checks that need only the options belong in the config class's
+    ``check()`` (run by ``fewmask validate`` before any data is read), not in ``__init__``.
     """
+
+    num_features: int
 
     @abstractmethod
     def forward_features(self, x: Tensor) -> Tensor:
-        """Map images to features (the body)."""
+        """Map images to features (the body); ``forward_head`` takes its output."""
 
     @abstractmethod
-    def forward_head(self, features: Tensor) -> Tensor:
-        """Map features to logits (the head)."""
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Map features to logits, or with ``pre_logits`` to the classifier's input
+        ``[batch, num_features]`` (after any pooling)."""
 
     @abstractmethod
     def get_classifier(self) -> nn.Module:
         """The head module; its parameters form the ``head`` group, all others the ``body``."""
+
+    @abstractmethod
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised classifier of ``num_classes`` outputs."""
 
     @abstractmethod
     def maskable_parameter_names(self) -> list[str]:
@@ -166,37 +178,55 @@ class Masker(nn.Module, ABC):
         """Called once after every outer update (e.g. to re-randomise pruned weights)."""
 
 
-class InnerOptimizer(ABC):
-    """The differentiable support-set adaptation of one task.
+class SGDSteps(NamedTuple):
+    """What an inner optimizer's adaptation is when it is plain SGD (see
+    :meth:`InnerOptimizer.plain_sgd`): ``steps`` updates ``p <- p - rates[p] * dL/dp``."""
 
-    Attributes ``steps`` (meta-training) and ``test_steps`` (validation and meta-test) give the
-    number of inner steps; ``first_order`` drops the second-order terms of the meta-gradient.
+    rates: Mapping[str, float]
+    steps: int
+    create_graph: bool
+
+
+class InnerOptimizer(ABC):
+    """The differentiable support-set adaptation of one task (learn2learn's ``adapt(loss)``).
+
+    It owns its learning rates, its numbers of steps and whether its steps are differentiated:
+    :meth:`attach` fixes the per-parameter rates for a backbone once; :meth:`adapt` chooses the
+    steps for training or evaluation itself. Capabilities that engine paths may use are methods
+    whose default declines (:meth:`plain_sgd`).
     """
 
-    steps: int
-    test_steps: int
-    first_order: bool
-
     @abstractmethod
-    def learning_rates(self, backbone: Backbone) -> dict[str, float]:
-        """Per-parameter inner learning rate (0 freezes a parameter in the inner loop)."""
+    def attach(self, backbone: Backbone) -> None:
+        """Prepare for ``backbone`` (e.g. compute each parameter's learning rate; 0 freezes
+        a parameter in the inner loop). Called before any :meth:`adapt` (the engine calls it
+        when it is built); calling it again prepares afresh."""
 
     @abstractmethod
     def adapt(
-        self,
-        params: Params,
-        support_loss: Callable[[Params], Tensor],
-        learning_rates: Mapping[str, float],
-        steps: int,
-        create_graph: bool,
+        self, params: Params, support_loss: Callable[[Params], Tensor], *, training: bool
     ) -> Params:
-        """Return the parameters after ``steps`` updates on ``support_loss``."""
+        """The parameters after adapting to ``support_loss``.
+
+        With ``training`` (meta-training) the steps must be differentiable unless the optimizer
+        is first-order; otherwise (validation, meta-test) no meta-gradient is taken.
+        """
+
+    def plain_sgd(self, *, training: bool) -> SGDSteps | None:
+        """What :meth:`adapt` does, if it is exactly plain SGD steps; else None (the default).
+
+        Engine paths that reimplement the steps (the fused SGD path) run only for inner
+        optimizers that answer here; a wrapper that must see every :meth:`adapt` call keeps the
+        default.
+        """
+        return None
 
 
 class MetaObjective(ABC):
-    """What the outer loop learns, and with which optimizer and learning-rate schedule.
+    """What the outer loop learns and minimises, with which optimizer and learning-rate schedule.
 
-    ``default_masker`` names the masker a config gets when it does not choose one.
+    The losses and metrics default to cross-entropy and accuracy; override them for another
+    query loss. ``default_masker`` names the masker a config gets when it does not choose one.
     """
 
     default_masker: str = "dense"
@@ -210,8 +240,27 @@ class MetaObjective(ABC):
         """The outer optimizer over ``params``."""
 
     @abstractmethod
-    def learning_rate(self, iteration: int, total_iterations: int) -> float:
-        """The outer learning rate to use at ``iteration`` (0-based), set before the update."""
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_iterations: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The outer learning-rate schedule; stepped once after every outer update."""
+
+    def support_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The inner loop's loss on a support set (default: cross-entropy)."""
+        return F.cross_entropy(logits, labels)
+
+    def query_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The meta-loss of one task on its query set, after adaptation (default:
+        cross-entropy)."""
+        return F.cross_entropy(logits, labels)
+
+    def metrics(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Scalar metrics of one task's query predictions, by name (computed without a graph).
+
+        The default is ``accuracy``, the headline number of validation and meta-test; add
+        yours to it (``{**super().metrics(logits, labels), ...}``).
+        """
+        return {"accuracy": (logits.argmax(1) == labels).float().mean()}
 
 
 class EpisodeSampler(ABC):

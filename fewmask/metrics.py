@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 import torch
@@ -13,19 +13,33 @@ from fewmask.interfaces import Masker
 
 @attrs.frozen
 class Accuracy:
-    """Mean query accuracy over episodes, with the 95% confidence interval half-width."""
+    """Mean query accuracy over episodes, with the 95% confidence interval half-width;
+    ``metrics`` holds the mean of every metric of the objective, accuracy included."""
 
     mean: float
     ci95: float
     episodes: int
     loss: float
+    metrics: dict[str, float] = attrs.field(factory=dict)
 
     @classmethod
-    def from_episodes(cls, accuracies: Sequence[float], losses: Sequence[float]) -> Accuracy:
+    def from_episodes(
+        cls,
+        accuracies: Sequence[float],
+        losses: Sequence[float],
+        metrics: Mapping[str, Sequence[float]] | None = None,
+    ) -> Accuracy:
+        """From per-episode values (``metrics``: per-episode values of every metric)."""
         values = torch.tensor(accuracies, dtype=torch.float64)
         n = len(values)
         std = values.std(unbiased=True).item() if n > 1 else 0.0
-        return cls(values.mean().item(), 1.96 * std / math.sqrt(n), n, float(sum(losses) / n))
+        means = {
+            k: torch.tensor(v, dtype=torch.float64).mean().item()
+            for k, v in (metrics or {}).items()
+        }
+        return cls(
+            values.mean().item(), 1.96 * std / math.sqrt(n), n, float(sum(losses) / n), means
+        )
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f} % ({self.episodes} episodes)"

@@ -2,17 +2,20 @@
 
 The schedule follows the Meta-ticket code: per *iteration*, set before the update; linear warmup
 ``lr * (it + 1) / (W + 1)`` for ``it < W``, then cosine
-``lr * (1 + cos(pi (it - W) / (T - W))) / 2``.
-It is a pure function of the iteration, so a resumed run needs no scheduler state.
+``lr * (1 + cos(pi (it - W) / (T - W))) / 2``. :class:`ScheduledLR` is that schedule as a torch
+LR scheduler: it evaluates the expression from the iteration (no multiplicative factor), so
+the rates are exactly :func:`scheduled_lr`'s.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from fewmask.options import option
 
@@ -51,3 +54,35 @@ def scheduled_lr(config: OuterConfig, iteration: int, total_iterations: int) -> 
         iteration = total_iterations - 1
     span = max(total_iterations - warmup, 1)
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * (iteration - warmup) / span))
+
+
+class ScheduledLR(LRScheduler):
+    """Every param group's rate at iteration ``last_epoch`` is :func:`scheduled_lr`'s.
+
+    Step it once after every outer update. Its state (saved in checkpoints) is the iteration;
+    the schedule itself comes from ``config``.
+
+    Example::
+
+        optimizer = build_outer_optimizer(config, params)
+        scheduler = ScheduledLR(optimizer, config, total_iterations=1000)
+        ...; optimizer.step(); scheduler.step()
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        config: OuterConfig,
+        total_iterations: int,
+        last_epoch: int = -1,
+    ):
+        self.config, self.total_iterations = config, total_iterations
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        lr = scheduled_lr(self.config, self.last_epoch, self.total_iterations)
+        return [lr for _ in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's state without ``config`` (plain values only)."""
+        return {k: v for k, v in super().state_dict().items() if k != "config"}

@@ -20,7 +20,7 @@ import torch
 from fewmask import Trainer, build_trainer
 from fewmask.checkpoint import load_checkpoint
 from fewmask.cli import main
-from fewmask.distributed import share
+from fewmask.engine.distributed import share
 
 TOLERANCE = 1e-12
 
@@ -119,10 +119,18 @@ def assert_same_results(a: dict, b: dict) -> None:
 
 WORKER = """
 import json, sys, torch
-from fewmask import NonFiniteError, build_trainer, distributed
+from fewmask import NonFiniteError, build_trainer
+from fewmask.engine import distributed
 from fewmask.cli import main
 
 cases_file, out_dir, cli_config, cli_run = sys.argv[1:]
+
+
+def engine_batch(trainer):
+    data, generator = trainer.datasets["train"], torch.Generator().manual_seed(0)
+    return trainer.sampler.sample_many(data, generator, 3)
+
+
 out = {}
 for name, config in json.loads(open(cases_file).read()).items():
     if name == "resume":  # 2 iterations, checkpoint, a new Trainer resumes and finishes
@@ -135,12 +143,17 @@ for name, config in json.loads(open(cases_file).read()).items():
         trainer = build_trainer(config)
         trainer.train_step(), trainer.train_step()
         if distributed.rank() == 1:
-            trainer.learning_rates = {n: float("nan") for n in trainer.learning_rates}
+            inner = trainer.engine.inner
+            inner.rates = dict.fromkeys(inner.rates, float("nan"))
         try:
             trainer.train_step()
             results = "no error"
         except NonFiniteError as exc:
             results = str(exc)
+    elif name == "engine":  # one meta-step from Python: the engine splits and all-reduces
+        trainer = build_trainer(config)
+        result = trainer.engine.meta_step(engine_batch(trainer))
+        results = {"loss": result.loss, "metrics": result.metrics, "grads": result.grads}
     else:
         trainer = build_trainer(config)
         results = trainer.fit()
@@ -156,12 +169,16 @@ sys.exit(main(["train", cli_config, "--run-dir", cli_run]))
 def launch(glyphs, tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess]:
     """One torchrun launch (2 ranks) of every case, then of ``fewmask train`` (the CLI case)."""
     root = tmp_path_factory.mktemp("torchrun")
-    iterand = {"name": "iterand", "options": {"base": "metaticket", "period": 1, "rate": 0.5}}
+    iterand = {
+        "name": "iterand",
+        "options": {"base": {"name": "metaticket"}, "period": 1, "rate": 0.5},
+    }
     cases = {
         "maml": experiment(glyphs, root / "maml", "maml", 4),
         "one_task": experiment(glyphs, root / "one_task", "metaticket", 1),
         "resume": experiment(glyphs, root / "resume", "metaticket", 4, masker=iterand),
         "nan": experiment(glyphs, root / "nan", "maml", 4),
+        "engine": experiment(glyphs, root / "engine", "maml", 3),
         "cli": experiment(glyphs, root / "cli-single", "metaticket", 3),
     }
     (root / "cases.json").write_text(json.dumps({k: v for k, v in cases.items() if k != "cli"}))
@@ -199,6 +216,27 @@ def test_ranks_agree_and_equal_one_process(launch, tmp_path, name):
     saved = load_checkpoint(root / name / "checkpoint.pt")
     assert saved["iteration"] == 4
     assert_close_states(model_state(saved), model_state(reference.state_dict()))
+
+
+def test_engine_meta_step_equals_one_process(launch, tmp_path):
+    """3 tasks on 2 ranks (2 + 1): every rank returns the one-process loss, metrics, grads."""
+    root, cases, _ = launch
+    ranks = [
+        torch.load(root / f"rank{r}.pt", weights_only=True)["engine"]["results"] for r in (0, 1)
+    ]
+    trainer = build_trainer(cases["engine"] | {"run_dir": str(tmp_path)})
+    data, generator = trainer.datasets["train"], torch.Generator().manual_seed(0)
+    want = trainer.engine.meta_step(trainer.sampler.sample_many(data, generator, 3))
+    for got in ranks:
+        assert got["loss"].item() == pytest.approx(want.loss.item(), rel=TOLERANCE)
+        assert got["metrics"].keys() == want.metrics.keys()
+        for name, value in want.metrics.items():
+            assert got["metrics"][name].item() == pytest.approx(value.item(), rel=1e-6)
+        assert got["grads"].keys() == want.grads.keys()
+        for name, grad in want.grads.items():
+            atol = 1e-9 if name.endswith("linear.bias") else TOLERANCE
+            torch.testing.assert_close(got["grads"][name], grad, rtol=TOLERANCE, atol=atol)
+    assert all(torch.equal(ranks[0]["grads"][n], ranks[1]["grads"][n]) for n in want.grads)
 
 
 def test_a_nan_on_one_rank_stops_every_rank_at_once(launch):

@@ -1,9 +1,10 @@
 """Every optional engine path against a plain per-task loop, in float64, with BatchNorm.
 
-The loop below is independent of ``fewmask.engine`` (functional_call, per-task masks, plain
-``p - lr * g``); each :class:`EngineOptions` lever, alone and all together, must give the same
-meta-gradient to 1e-10 relative for MAML and Meta-ticket with the sgd, BOIL and ANIL inner
-optimizers, on an MLP (BatchNorm1d) and Conv4 / ResNet-12 (BatchNorm2d), two inner steps.
+The loop (``fewmask.testing.reference_meta_gradient``) is independent of ``fewmask.engine``
+(functional_call, per-task masks, plain ``p - lr * g``); each :class:`EngineOptions` lever,
+alone and all together, must give the same meta-gradient to 1e-10 relative for MAML and
+Meta-ticket with the sgd, BOIL and ANIL inner optimizers, on an MLP (BatchNorm1d) and Conv4 /
+ResNet-12 (BatchNorm2d), two inner steps.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-import fewmask.batchnorm
-from fewmask import create
-from fewmask.batchnorm import batch_norm_train, fused_batchnorm
-from fewmask.engine import EngineOptions, meta_gradient
-from fewmask.interfaces import Episode, Masker
+import fewmask.engine.batchnorm
+from fewmask import Engine, EngineOptions, create
+from fewmask.engine.batchnorm import batch_norm_train, fused_batchnorm
+from fewmask.interfaces import Episode, InnerOptimizer, Masker, MetaObjective
+from fewmask.testing import functional_forward, reference_meta_gradient
 
 WAYS, LR, STEPS = 3, 0.4, 2
 MODELS = {
@@ -37,7 +37,7 @@ PATHS = {
 @pytest.fixture(autouse=True)
 def fused_batchnorm_on_tiny_inputs(monkeypatch):
     """The test models are far below the size at which the fused BatchNorm is used."""
-    monkeypatch.setattr(fewmask.batchnorm, "MIN_NUMEL", 0)
+    monkeypatch.setattr(fewmask.engine.batchnorm, "MIN_NUMEL", 0)
 
 
 def episodes(shape, count=2) -> list[Episode]:
@@ -74,43 +74,45 @@ def build(model, algorithm, inner_name, first_order=False):
     inner = create(
         "inner_optimizer", inner_name, {"lr": LR, "steps": STEPS, "first_order": first_order}
     )
+    inner.attach(backbone)
     meta = dict(backbone.named_parameters()) if algorithm == "maml" else masker.meta_parameters()
     return backbone, masker, inner, meta, episodes(shape)
 
 
+class Targets(MetaObjective):
+    """The default losses and metrics, meta-learning the given tensors."""
+
+    def __init__(self, meta):
+        self.meta = meta
+
+    def meta_parameters(self, backbone, masker):
+        return self.meta
+
+    def build_optimizer(self, params):
+        return torch.optim.SGD(params, lr=1.0)
+
+    def build_scheduler(self, optimizer, total_iterations):
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0)
+
+
 def loop_gradient(backbone, masker, inner, meta, eps) -> list[torch.Tensor]:
     """Mean query loss gradient, one task at a time, written without the engine."""
-    rates = inner.learning_rates(backbone)
-    targets = list(meta.values())
-    total = [torch.zeros_like(t) for t in targets]
-    for ep in eps:
-        masks = masker.masks()
-
-        def loss(params, x, y, masks=masks):
-            masked = {n: p * masks[n] if n in masks else p for n, p in params.items()}
-            return F.cross_entropy(functional_call(backbone, masked, (x,)), y)
-
-        fast = dict(backbone.named_parameters())
-        names = [n for n in fast if rates[n] != 0]
-        for _ in range(STEPS):
-            grads = torch.autograd.grad(
-                loss(fast, ep.support_x, ep.support_y),
-                [fast[n] for n in names],
-                create_graph=not inner.first_order,
-            )
-            fast = {**fast, **{n: fast[n] - rates[n] * g for n, g in zip(names, grads)}}
-        query = loss(fast, ep.query_x, ep.query_y) / len(eps)
-        for acc, g in zip(total, torch.autograd.grad(query, targets, allow_unused=True)):
-            if g is not None:
-                acc += g
-    return total
+    plan = inner.plain_sgd(training=True)
+    return reference_meta_gradient(
+        functional_forward(backbone),
+        dict(backbone.named_parameters()),
+        masker.masks,
+        eps,
+        plan.rates,
+        plan.steps,
+        list(meta.values()),
+        first_order=not plan.create_graph,
+    )
 
 
 def engine_gradient(backbone, masker, inner, meta, eps, options) -> list[torch.Tensor]:
-    for p in meta.values():
-        p.grad = None
-    meta_gradient(backbone, masker, inner, meta, eps, inner.learning_rates(backbone), options)
-    return [p.grad.clone() for p in meta.values()]
+    grads = Engine(backbone, masker, inner, Targets(meta), options).meta_step(eps).grads
+    return [grads.get(n, torch.zeros_like(p)) for n, p in meta.items()]
 
 
 def assert_same(got, want, rtol=1e-10):
@@ -179,14 +181,88 @@ def test_engine_path_with_soft_or_frozen_masks(model, frozen, path):
     assert_same(engine_gradient(backbone, masker, inner, meta, eps, PATHS[path]), want)
 
 
-def test_fast_path_accumulates_into_existing_grads():
+@pytest.mark.parametrize("path", ["exact", "fast"])
+def test_meta_step_leaves_grad_alone_and_returns_loss_and_metrics(path):
     backbone, masker, inner, meta, eps = build("conv4", "metaticket", "sgd")
     want = loop_gradient(backbone, masker, inner, meta, eps)
     for p in meta.values():
         p.grad = torch.ones_like(p)
-    lrs = inner.learning_rates(backbone)
-    meta_gradient(backbone, masker, inner, meta, eps, lrs, EngineOptions.fast())
-    assert_same([p.grad - 1 for p in meta.values()], want)
+    options = EngineOptions.fast() if path == "fast" else None
+    result = Engine(backbone, masker, inner, Targets(meta), options).meta_step(eps)
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in meta.values())
+    assert_same([result.grads[n] for n in meta], want)
+    assert result.loss.dim() == 0 and result.loss > 0
+    assert set(result.metrics) == {"accuracy"} and 0 <= result.metrics["accuracy"] <= 1
+
+
+def test_uint8_and_float_episodes_give_the_same_step():
+    backbone, masker, inner, meta, _ = build("conv4", "metaticket", "sgd")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(WAYS).repeat(2)
+    images = torch.randint(0, 256, (2 * WAYS, *MODELS["conv4"][1]), generator=g, dtype=torch.uint8)
+    as_uint8 = [Episode(images, labels, images, labels)]
+    as_float = [episode.to("cpu", torch.float64) for episode in as_uint8]
+    engine = Engine(backbone, masker, inner, Targets(meta))
+    a, b = engine.meta_step(as_uint8), engine.meta_step(as_float)
+    assert torch.equal(a.loss, b.loss)
+    assert all(torch.equal(a.grads[n], b.grads[n]) for n in meta)
+    loss, metrics = engine.evaluate(as_float[0])
+    assert loss.dim() == 0 and set(metrics) == {"accuracy"}
+
+
+class SmoothedObjective(Targets):
+    """Label-smoothed query loss: the engine must use the objective's loss, on every path."""
+
+    def query_loss(self, logits, labels):
+        return F.cross_entropy(logits, labels, label_smoothing=0.2)
+
+
+@pytest.mark.parametrize("path", ["exact", "fast"])
+def test_engine_uses_the_objective_query_loss(path):
+    backbone, masker, inner, meta, eps = build("omniglot_mlp", "maml", "sgd")
+    options = EngineOptions.fast() if path == "fast" else None
+    smoothed = Engine(backbone, masker, inner, SmoothedObjective(meta), options).meta_step(eps)
+    plain = Engine(backbone, masker, inner, Targets(meta), options).meta_step(eps)
+    assert not torch.isclose(smoothed.loss, plain.loss)
+    params = {n: p.detach().clone().requires_grad_() for n, p in meta.items()}
+    total = 0.0
+    for ep in eps:  # the reference loop with the smoothed query loss, by hand
+        fast = dict(params)
+        for _ in range(STEPS):
+            support = F.cross_entropy(
+                functional_forward(backbone)(fast, None, ep.support_x), ep.support_y
+            )
+            grads = torch.autograd.grad(support, list(fast.values()), create_graph=True)
+            fast = {n: p - LR * g for (n, p), g in zip(fast.items(), grads)}
+        logits = functional_forward(backbone)(fast, None, ep.query_x)
+        total = total + F.cross_entropy(logits, ep.query_y, label_smoothing=0.2)
+    want = torch.autograd.grad(total / len(eps), list(params.values()))
+    assert_same([smoothed.grads[n] for n in meta], want)
+
+
+class ProbeLike(InnerOptimizer):
+    """A wrapper that keeps plain_sgd's default: the engine must call its adapt() per task."""
+
+    def __init__(self, base):
+        self.base, self.calls = base, 0
+
+    def attach(self, backbone):
+        self.base.attach(backbone)
+
+    def adapt(self, params, support_loss, *, training):
+        self.calls += 1
+        return self.base.adapt(params, support_loss, training=training)
+
+
+def test_fused_path_is_used_only_for_inner_optimizers_that_declare_plain_sgd():
+    backbone, masker, inner, meta, eps = build("conv4", "metaticket", "sgd")
+    assert inner.plain_sgd(training=True) is not None
+    wrapper = ProbeLike(inner)
+    assert wrapper.plain_sgd(training=True) is None
+    want = loop_gradient(backbone, masker, inner, meta, eps)
+    got = Engine(backbone, masker, wrapper, Targets(meta), EngineOptions.fast()).meta_step(eps)
+    assert wrapper.calls == len(eps)
+    assert_same([got.grads[n] for n in meta], want)
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (5, 3, 4, 2)])
@@ -231,7 +307,7 @@ def test_fused_batchnorm_leaves_running_statistics_and_small_calls_alone(monkeyp
     plain = torch.nn.BatchNorm1d(4, track_running_stats=False)
     with fused_batchnorm():
         assert plain(x).grad_fn.name() == "_BatchNormFnBackward"
-    monkeypatch.setattr(fewmask.batchnorm, "MIN_NUMEL", 33)
+    monkeypatch.setattr(fewmask.engine.batchnorm, "MIN_NUMEL", 33)
     image = torch.nn.BatchNorm2d(4, track_running_stats=False)
     channels_last = torch.randn(2, 4, 2, 2).contiguous(memory_format=torch.channels_last)
     with fused_batchnorm():

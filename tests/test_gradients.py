@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewmask import create
-from fewmask.engine import meta_gradient
+from fewmask import Engine, create
+from fewmask.engine.exact import adapt
 from fewmask.interfaces import Episode
 from fewmask.testing import reference_meta_loss
 
@@ -39,7 +39,7 @@ def reference_loss(params, masks, eps, first_order=False):
     return reference_meta_loss(params, masks, eps, dict.fromkeys(params, LR), STEPS, first_order)
 
 
-def build(masker_name, first_order=False, init_sparsity=0.5):
+def build(masker_name, first_order=False, init_sparsity=0.5) -> Engine:
     backbone = create(
         "backbone", "omniglot_mlp", {"hidden": list(HIDDEN)}, input_shape=SHAPE, num_classes=WAYS
     )
@@ -49,12 +49,16 @@ def build(masker_name, first_order=False, init_sparsity=0.5):
     backbone.double()
     masker.double()
     inner = create("inner_optimizer", "sgd", {"lr": LR, "steps": STEPS, "first_order": first_order})
-    return backbone, masker, inner
+    objective = create("objective", "metaticket" if masker_name == "metaticket" else "maml")
+    return Engine(backbone, masker, inner, objective)
 
 
-def engine_grads(backbone, masker, inner, meta_params, eps):
-    meta_gradient(backbone, masker, inner, meta_params, eps, inner.learning_rates(backbone))
-    return {n: p.grad.clone() for n, p in meta_params.items()}
+def assert_equals_reference(got: dict, loss: torch.Tensor, wrt: dict) -> None:
+    """``got`` is the gradient of the reference ``loss`` w.r.t. ``wrt``, to 1e-10."""
+    want = torch.autograd.grad(loss, list(wrt.values()))
+    assert got.keys() == wrt.keys()
+    for name, expected in zip(wrt, want):
+        torch.testing.assert_close(got[name], expected, rtol=1e-10, atol=1e-12)
 
 
 def directional_fd(fn, point: dict, direction: dict, h=1e-6) -> float:
@@ -75,16 +79,13 @@ def assert_agrees_with_finite_differences(fn, point: dict, grads: dict, seed: in
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_maml_meta_gradient_matches_reference_and_finite_differences(first_order):
-    backbone, masker, inner = build("dense", first_order)
-    meta_params = dict(backbone.named_parameters())
+    engine = build("dense", first_order)
     eps = episodes()
-    got = engine_grads(backbone, masker, inner, meta_params, eps)
+    got = engine.meta_step(eps).grads
+    assert all(p.grad is None for p in engine.backbone.parameters()), "no .grad is touched"
 
-    params = {n: p.detach().clone().requires_grad_() for n, p in meta_params.items()}
-    loss = reference_loss(params, None, eps, first_order)
-    want = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
+    params = {n: p.detach().clone().requires_grad_() for n, p in engine.meta_params.items()}
+    assert_equals_reference(got, reference_loss(params, None, eps, first_order), params)
 
     if not first_order:  # the first-order gradient is not the derivative of the loss
         assert_agrees_with_finite_differences(
@@ -94,21 +95,18 @@ def test_maml_meta_gradient_matches_reference_and_finite_differences(first_order
 
 def test_metaticket_score_gradient_matches_reference_and_finite_differences():
     pytest.importorskip("fewmask_plugin_metaticket")
-    backbone, masker, inner = build("metaticket")
-    scores = masker.meta_parameters()
+    engine = build("metaticket")
     eps = episodes()
-    got = engine_grads(backbone, masker, inner, scores, eps)
+    got = engine.meta_step(eps).grads
 
-    params = {n: p.detach().clone().requires_grad_() for n, p in backbone.named_parameters()}
+    params = {n: p.detach().clone().requires_grad_() for n, p in engine.backbone.named_parameters()}
     with torch.no_grad():
-        binary = {n: m.detach().clone() for n, m in masker.masks().items()}
+        binary = {n: m.detach().clone() for n, m in engine.masker.masks().items()}
     assert any((m == 0).any() for m in binary.values()), "test needs some pruned entries"
     masks = {n: m.clone().requires_grad_() for n, m in binary.items()}
-    loss = reference_loss(params, masks, eps)
-    want = dict(zip(masks, torch.autograd.grad(loss, list(masks.values()))))
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
-        assert got[name][binary[name] == 0].abs().sum() > 0, "pruned entries get score gradients"
+    assert_equals_reference(got, reference_loss(params, masks, eps), masks)
+    for name, grad in got.items():
+        assert grad[binary[name] == 0].abs().sum() > 0, "pruned entries get score gradients"
 
     assert_agrees_with_finite_differences(
         lambda m: reference_loss(params, m, eps), binary, got, seed=5
@@ -117,20 +115,17 @@ def test_metaticket_score_gradient_matches_reference_and_finite_differences():
 
 def test_metaticket_inner_loop_never_moves_pruned_weights():
     pytest.importorskip("fewmask_plugin_metaticket")
-    from fewmask.engine import adapt
-
-    backbone, masker, inner = build("metaticket")
-    masks = masker.masks()
-    params = dict(backbone.named_parameters())
+    engine = build("metaticket")
+    masks = engine.masker.masks()
+    params = dict(engine.backbone.named_parameters())
     fast = adapt(
-        backbone,
-        inner,
+        engine.backbone,
+        engine.inner,
+        engine.objective,
         params,
         masks,
         episodes(1)[0],
-        inner.learning_rates(backbone),
-        STEPS,
-        create_graph=False,
+        training=False,
     )
     for name, mask in masks.items():
         moved = (fast[name] - params[name]).detach() != 0

@@ -1,9 +1,11 @@
 """``benchmarks/meta_step.py --tiny`` runs on CPU, prints its table, and the engine's fp32
-meta-gradient matches the script's reference loop (a correctness check; timings are not checked).
+meta-gradient matches the reference loop (``fewmask.testing.reference_meta_gradient``) and a
+float64 run of it (a correctness check; timings are not checked).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,20 +15,14 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "meta_step.py"
-COLUMNS = [
-    "model",
-    "algorithm",
-    "malloc",
-    "loop s",
-    "engine s",
-    "loop/engine",
-    "loop peak MiB",
-    "engine peak MiB",
-    "GFLOP/iter",
-    "loop GFLOP/s",
-    "engine GFLOP/s",
-    "grad diff",
-]
+
+
+def script_columns() -> list[str]:
+    """The table columns the script declares, as printed on a CPU."""
+    spec = importlib.util.spec_from_file_location("meta_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [c.format(unit="GFLOP/s") for c in module.COLUMNS]
 
 
 @pytest.mark.slow
@@ -34,14 +30,21 @@ def test_tiny_benchmark_table_and_gradients(tmp_path):
     pytest.importorskip("fewmask_plugin_metaticket")
     rows_path = tmp_path / "rows.json"
     command = [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--json", str(rows_path)]
+    command.append("--fp64-reference")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     table = [line for line in out.splitlines() if line.startswith("|")]
-    assert [c.strip() for c in table[0].strip("|").split("|")] == COLUMNS
+    extra = ["engine vs fp64 loop", "loop vs fp64 loop"]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == script_columns() + extra
+    assert {"loop s", "engine s", "grad diff"} <= set(header)
     rows = json.loads(rows_path.read_text())["rows"]
     assert len(table) == 2 + len(rows)
     pairs = {(r["model"], r["algorithm"]) for r in rows}
     assert pairs == {(m, a) for m in ("mlp5", "conv4") for a in ("maml", "metaticket")}
     for row in rows:
         assert row["gflop"] > 0 and row["loop_s"] > 0 and row["engine_s"] > 0
-        assert row["grad_diff"] < 1e-5, row
+        # fp32 rounding: the loop's own error (PyTorch's BatchNorm double backward) reaches
+        # 2.6e-5 for Meta-ticket on Conv4, where the engine stays at 2.6e-6 of float64
+        assert row["engine_vs_fp64"] < 1e-5, row
+        assert row["grad_diff"] < 2 * row["loop_vs_fp64"] + 1e-5, row

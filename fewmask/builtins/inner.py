@@ -8,7 +8,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from fewmask.interfaces import Backbone, InnerOptimizer, Params
+from fewmask.interfaces import Backbone, InnerOptimizer, Params, SGDSteps
 from fewmask.options import option
 
 
@@ -25,26 +25,52 @@ class SGDInnerConfig:
 
 
 class SGDInner(InnerOptimizer):
-    """``p <- p - lr * dL_support/dp`` for every parameter, ``steps`` times, differentiably."""
+    """``p <- p - lr_p * dL_support/dp`` for every parameter, ``steps`` times, differentiably.
+
+    Description:
+        Subclasses change only the per-parameter rates, by overriding :meth:`learning_rates`
+        (a rate of 0 freezes a parameter in the inner loop; ANIL and BOIL are such policies).
+        A subclass that overrides :meth:`adapt` is no longer plain SGD for the engine's fused
+        path unless it overrides :meth:`plain_sgd` too.
+
+    Example::
+
+        inner = SGDInner(SGDInnerConfig(lr=0.4, steps=1))
+        inner.attach(backbone)
+        fast = inner.adapt(dict(backbone.named_parameters()), loss_fn, training=True)
+    """
 
     def __init__(self, config: SGDInnerConfig):
         self.config = config
         self.steps = config.steps
         self.test_steps = config.test_steps or config.steps
         self.first_order = config.first_order
+        self.rates: dict[str, float] | None = None  # set by attach()
 
     def learning_rates(self, backbone: Backbone) -> dict[str, float]:
+        """The rate of each of ``backbone``'s parameters (all ``lr``); the policy hook."""
         return {name: self.config.lr for name, _ in backbone.named_parameters()}
 
+    def attach(self, backbone: Backbone) -> None:
+        self.rates = self.learning_rates(backbone)
+
     def adapt(
-        self,
-        params: Params,
-        support_loss: Callable[[Params], Tensor],
-        learning_rates: Mapping[str, float],
-        steps: int,
-        create_graph: bool,
+        self, params: Params, support_loss: Callable[[Params], Tensor], *, training: bool
     ) -> Params:
-        return sgd_steps(params, support_loss, learning_rates, steps, create_graph)
+        plan = self._plan(training)
+        return sgd_steps(params, support_loss, plan.rates, plan.steps, plan.create_graph)
+
+    def plain_sgd(self, *, training: bool) -> SGDSteps | None:
+        return self._plan(training) if type(self).adapt is SGDInner.adapt else None
+
+    def _plan(self, training: bool) -> SGDSteps:
+        if self.rates is None:
+            raise RuntimeError(f"{type(self).__name__}.attach(backbone) must come before adapt()")
+        return SGDSteps(
+            self.rates,
+            self.steps if training else self.test_steps,
+            training and not self.first_order,
+        )
 
 
 def sgd_steps(

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fewmask.interfaces import Backbone, Masker, MetaObjective
-from fewmask.outer import OuterConfig, build_outer_optimizer, scheduled_lr
+from fewmask.outer import OuterConfig, ScheduledLR, build_outer_optimizer
 
 
 @attrs.frozen
@@ -19,7 +19,7 @@ class MAMLObjective(MetaObjective):
     """MAML (Finn et al., 2017): the outer loop learns every backbone parameter's initial value.
 
     First-order MAML is the same objective with ``inner.options.first_order: true``; ANIL and BOIL
-    differ only in the inner learning rates.
+    differ only in the inner learning rates. Losses and metrics: cross-entropy and accuracy.
     """
 
     def __init__(self, config: MAMLConfig):
@@ -31,5 +31,7 @@ class MAMLObjective(MetaObjective):
     def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return build_outer_optimizer(self.config, params)
 
-    def learning_rate(self, iteration: int, total_iterations: int) -> float:
-        return scheduled_lr(self.config, iteration, total_iterations)
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_iterations: int
+    ) -> ScheduledLR:
+        return ScheduledLR(optimizer, self.config, total_iterations)

@@ -1,4 +1,4 @@
-"""Small PNG charts drawn with Pillow (a torchvision dependency): lines, grouped bars, tiling.
+"""Small PNG charts drawn with Pillow (a core dependency): lines, grouped bars, tiling.
 
 No plotting library is needed; the charts are plain and readable: axes with ticks, one colour
 per series, a legend, optional error bars.

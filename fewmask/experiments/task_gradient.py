@@ -14,8 +14,7 @@ density of the very mask the task was adapted with is used.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -37,46 +36,55 @@ from fewmask.experiments.plots import Series, line_chart, tile
 from fewmask.interfaces import Backbone, InnerOptimizer, Masker, Params
 from fewmask.options import option
 from fewmask.progress import Progress
-from fewmask.trainer import CHECKPOINT, RESULTS
 
 
 class TaskGradientProbe(InnerOptimizer):
-    """Wraps an inner optimizer; while ``recording``, keeps each task's probe statistic.
+    """Wraps a plain-SGD inner optimizer; while ``recording``, keeps each task's probe statistic.
 
     The gradient summed over the inner steps is recovered exactly from the update:
-    ``sum_t g_t = (p_0 - p_S) / lr`` for the probed parameter.
+    ``sum_t g_t = (p_0 - p_S) / lr`` for the probed parameter, which holds when the base's steps
+    are plain SGD (its :meth:`~fewmask.interfaces.InnerOptimizer.plain_sgd` says so; ``attach``
+    checks it).
+
+    The probe keeps ``plain_sgd``'s default (None) on purpose: the engine then runs its exact
+    per-task path, which calls :meth:`adapt` for every task. The fused SGD path reimplements the
+    steps without calling ``adapt``, and the probe must see every step.
     """
 
     def __init__(self, base: InnerOptimizer, layer: str, masker: Masker):
         self.base, self.layer, self.masker = base, layer, masker
-        self.steps, self.test_steps, self.first_order = (
-            base.steps,
-            base.test_steps,
-            base.first_order,
-        )
+        self.lr = 0.0  # the probed parameter's inner rate, set by attach()
         self.recording = False
         self.values: list[float] = []
 
-    def learning_rates(self, backbone: Backbone) -> dict[str, float]:
-        return self.base.learning_rates(backbone)
+    def attach(self, backbone: Backbone) -> None:
+        self.base.attach(backbone)
+        plan = self.base.plain_sgd(training=True)
+        if plan is None:
+            raise ConfigError(
+                [
+                    "$.inner.name: the task-gradient probe recovers inner gradients from plain "
+                    f"SGD steps, which {type(self.base).__name__} does not take"
+                ]
+            )
+        self.lr = plan.rates.get(self.layer, 0.0)
+        if not self.lr:
+            raise ConfigError(
+                [f"$.experiment.layer: {self.layer!r} is not adapted in the inner loop"]
+            )
 
     def adapt(
-        self,
-        params: Params,
-        support_loss: Callable[[Params], Tensor],
-        learning_rates: Mapping[str, float],
-        steps: int,
-        create_graph: bool,
+        self, params: Params, support_loss: Callable[[Params], Tensor], *, training: bool
     ) -> Params:
-        fast = self.base.adapt(params, support_loss, learning_rates, steps, create_graph)
+        fast = self.base.adapt(params, support_loss, training=training)
         if self.recording:
-            self.values.append(self.statistic(params, fast, learning_rates[self.layer]))
+            self.values.append(self.statistic(params, fast))
         return fast
 
-    def statistic(self, before: Params, after: Params, lr: float) -> float:
+    def statistic(self, before: Params, after: Params) -> float:
         """Mean |summed inner gradient| of the layer, over kept weights for a masked layer."""
         with torch.no_grad():
-            summed = (before[self.layer] - after[self.layer]) / lr
+            summed = (before[self.layer] - after[self.layer]) / self.lr
             value = summed.abs().mean()
             mask = self.masker.masks().get(self.layer)
             if mask is not None:
@@ -124,20 +132,20 @@ def _probe_run(
     experiment: Experiment, variant: Variant, layer: str | None
 ) -> tuple[list[float], dict[str, Any]]:
     """Meta-train one variant with the probe on; its values per iteration and test results."""
-    run_dir = Path(variant.data["run_dir"])
-    saved = run_dir / "task_gradient.json"
-    if saved.is_file() and (run_dir / RESULTS).is_file():
+    run = variant.run
+    saved = run.path / "task_gradient.json"  # this experiment's own file in the run folder
+    if saved.is_file() and run.has_results():
         experiment.check_saved(variant)
-        return json.loads(saved.read_text()), json.loads((run_dir / RESULTS).read_text())
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the probe needs the whole run: start over
+        return json.loads(saved.read_text()), run.read_results()
+    run.checkpoint.unlink(missing_ok=True)  # the probe needs the whole run: start over
     trainer = experiment.build(variant)
     layer = layer or default_layer(trainer.backbone)
-    if not trainer.learning_rates.get(layer):
-        raise ConfigError(
-            [f"$.experiment.layer: {layer!r} is not adapted in the inner loop of {variant.label}"]
-        )
-    probe = TaskGradientProbe(trainer.inner, layer, trainer.masker)
-    trainer.inner, probe.recording = probe, True
+    probe = TaskGradientProbe(trainer.engine.inner, layer, trainer.masker)
+    try:
+        probe.attach(trainer.backbone)
+    except ConfigError as exc:
+        raise ConfigError([f"{line} (variant {variant.label})" for line in exc.problems]) from None
+    trainer.engine.inner, probe.recording = probe, True  # the engine adapts through the probe
     values = []
     with Progress(
         trainer.train_config.iterations, variant.label, enabled=experiment.progress

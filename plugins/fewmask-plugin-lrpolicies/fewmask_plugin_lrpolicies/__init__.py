@@ -1,7 +1,7 @@
-"""fewmask-plugin-lrpolicies: MAML / ANIL / BOIL / per-layer inner learning rates.
+"""fewmask-plugin-lrpolicies: ANIL / BOIL / per-layer inner learning rates.
 
-Registers the inner optimizers ``maml``, ``anil``, ``boil`` and ``per_layer``; they work with
-any objective, e.g. Meta-ticket + BOIL::
+Registers the inner optimizers ``anil``, ``boil`` and ``per_layer`` (MAML's, every layer at one
+rate, is the built-in ``sgd``); they work with any objective, e.g. Meta-ticket + BOIL::
 
     objective: {name: metaticket}
     inner: {name: boil, options: {lr: 0.5}}
@@ -13,7 +13,6 @@ from fewmask import hookimpl
 from fewmask_plugin_lrpolicies.policies import (
     ANILPolicy,
     BOILPolicy,
-    MAMLPolicy,
     PerLayerConfig,
     PerLayerPolicy,
     PolicyConfig,
@@ -24,9 +23,6 @@ __version__ = "0.1.0"
 
 @hookimpl
 def fewmask_register(registry) -> None:
-    registry.add_inner_optimizer(
-        "maml", MAMLPolicy, config=PolicyConfig, description="inner SGD on every layer (MAML)"
-    )
     registry.add_inner_optimizer(
         "anil", ANILPolicy, config=PolicyConfig, description="inner SGD on the head only (ANIL)"
     )
@@ -41,4 +37,4 @@ def fewmask_register(registry) -> None:
     )
 
 
-__all__ = ["ANILPolicy", "BOILPolicy", "MAMLPolicy", "PerLayerConfig", "PerLayerPolicy"]
+__all__ = ["ANILPolicy", "BOILPolicy", "PerLayerConfig", "PerLayerPolicy"]

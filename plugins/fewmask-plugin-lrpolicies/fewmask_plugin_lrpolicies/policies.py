@@ -1,15 +1,16 @@
-"""Inner learning-rate policies over the backbone's body/head split: MAML, ANIL, BOIL, per layer.
+"""Inner learning-rate policies over the backbone's body/head split: ANIL, BOIL, per layer.
 
 Each policy is an inner optimizer (plain differentiable SGD steps) whose only difference is the
 learning rate it gives each parameter. A rate of 0 freezes a parameter in the inner loop; it is
 still differentiated, and the outer loop may still meta-learn it (MAML family). The groups come
 from ``Backbone.parameter_groups()`` (the head is ``get_classifier()``), not from name keywords.
 
-- ``maml``: every parameter at ``lr``.
 - ``anil`` (Raghu et al., 2020): only the head adapts (body rate 0).
 - ``boil`` (Oh et al., 2021): only the body adapts (head rate 0). With Meta-ticket the head is
   then a fixed random layer forever (it is not meta-learned either), as in the authors' code.
 - ``per_layer``: rates by parameter-name pattern (``fnmatch``), first match wins, else ``lr``.
+
+MAML's own policy, every parameter at ``lr``, is the built-in ``sgd``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from fnmatch import fnmatchcase
 
 import attrs
 
-from fewmask import Backbone, option
-from fewmask.builtins.inner import SGDInner, SGDInnerConfig
+from fewmask import Backbone, SGDInner, SGDInnerConfig, option
 
 
 @attrs.frozen
 class PolicyConfig(SGDInnerConfig):
-    """Options of ``maml``, ``anil`` and ``boil``: those of ``sgd``."""
+    """Options of ``anil`` and ``boil``: those of ``sgd``."""
 
 
 @attrs.frozen
@@ -41,17 +41,13 @@ class PerLayerConfig(SGDInnerConfig):
 class GroupPolicy(SGDInner):
     """SGD with rate ``lr`` for the groups in ``adapted`` and 0 for the others."""
 
-    adapted: frozenset[str] = frozenset({"body", "head"})
+    adapted: frozenset[str]
 
     def learning_rates(self, backbone: Backbone) -> dict[str, float]:
         return {
             name: (self.config.lr if group in self.adapted else 0.0)
             for name, group in backbone.parameter_groups().items()
         }
-
-
-class MAMLPolicy(GroupPolicy):
-    """Every layer adapts (MAML)."""
 
 
 class ANILPolicy(GroupPolicy):

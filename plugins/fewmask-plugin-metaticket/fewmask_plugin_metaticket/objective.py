@@ -6,8 +6,16 @@ import attrs
 import torch
 from torch import nn
 
-from fewmask import Backbone, ConfigError, Masker, MetaObjective, option
-from fewmask.outer import OuterConfig, build_outer_optimizer, scheduled_lr
+from fewmask import (
+    Backbone,
+    ConfigError,
+    Masker,
+    MetaObjective,
+    OuterConfig,
+    ScheduledLR,
+    build_outer_optimizer,
+    option,
+)
 
 
 @attrs.frozen
@@ -44,5 +52,7 @@ class MetaTicketObjective(MetaObjective):
     def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return build_outer_optimizer(self.config, params)
 
-    def learning_rate(self, iteration: int, total_iterations: int) -> float:
-        return scheduled_lr(self.config, iteration, total_iterations)
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_iterations: int
+    ) -> ScheduledLR:
+        return ScheduledLR(optimizer, self.config, total_iterations)

@@ -49,11 +49,14 @@ class OneLayer(Backbone):
     def forward_features(self, x):
         return self.layer(x)
 
-    def forward_head(self, features):
-        return features
+    def forward_head(self, x, pre_logits=False):
+        return x
 
     def get_classifier(self):
         return self.head
+
+    def reset_classifier(self, num_classes):
+        self.head = nn.Linear(1, num_classes)
 
     def maskable_parameter_names(self):
         return ["layer.weight"]
@@ -128,7 +131,7 @@ def test_masked_out_weights_do_not_affect_the_output(seed, sparsity):
     )
     masker = MetaTicketMasker(MetaTicketConfig(init_sparsity=sparsity))
     masker.attach(backbone)
-    from fewmask.engine import masked_forward
+    from fewmask.engine.exact import masked_forward
 
     x = torch.randn(7, 1, 3, 3)
     params = dict(backbone.named_parameters())
@@ -188,7 +191,13 @@ def test_metaticket_objective_needs_scores(tiny_dataset):
 
 def test_warmup_then_cosine_schedule():
     objective = create("objective", "metaticket", {"warmup": 4})
-    lrs = [objective.learning_rate(i, 12) for i in range(12)]
+    optimizer = objective.build_optimizer([torch.nn.Parameter(torch.zeros(1))])
+    scheduler = objective.build_scheduler(optimizer, 12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
     assert lrs[:4] == pytest.approx([10 * (i + 1) / 5 for i in range(4)])
     assert lrs[4] == pytest.approx(10.0)
     assert lrs[8] == pytest.approx(5.0)

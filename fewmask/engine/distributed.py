@@ -10,15 +10,17 @@ Example::
     device = setup("cuda")            # joins the process group; cuda:LOCAL_RANK under torchrun
     for i in share(len(episodes)):    # this rank's tasks
         ...
-    loss, acc = reduce_meta_gradients(params, loss, acc, count=len(mine), total=len(episodes))
+    grads, stats = reduce_task_means(params, grads, stats, count=len(mine), total=len(episodes))
     destroy()
+
+:class:`fewmask.engine.Engine` does this inside ``meta_step``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import reduce
 from typing import Any
 
@@ -106,39 +108,46 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def reduce_meta_gradients(
-    params: Iterable[Tensor], loss: float, accuracy: float, count: int, total: int
-) -> tuple[float, float]:
-    """Make every rank's ``.grad`` the mean meta-gradient over all ``total`` tasks.
+def reduce_task_means(
+    params: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
+    stats: Sequence[float],
+    count: int,
+    total: int,
+) -> tuple[dict[str, Tensor], list[float]]:
+    """Turn every rank's means over its own ``count`` tasks into means over all ``total`` tasks.
 
-    On entry each rank's gradients (and ``loss``, ``accuracy``) are means over its own ``count``
-    tasks; a rank without tasks has none. They are weighted by ``count / total`` and summed over
-    ranks in one all-reduce. A gradient that is ``None`` on every rank stays ``None`` (the
-    optimizer skips it, as in one process). Returns the mean loss and accuracy over all tasks;
-    a NaN or Inf on any rank reaches every rank, so all of them stop together.
+    ``grads`` holds this rank's mean meta-gradients by name of ``params`` (a name without a
+    gradient is left out; a rank without tasks has none); ``stats`` its mean loss and metrics.
+    They are weighted by ``count / total`` and summed over ranks in one all-reduce. A gradient
+    that is missing on every rank stays missing (the optimizer skips it, as in one process).
+    Returns the gradients and the stats over all tasks; a NaN or Inf on any rank reaches every
+    rank, so all of them stop together.
     """
-    params = list(params)
     if world_size() == 1 or not params:
-        return loss, accuracy
+        return dict(grads), list(stats)
     weight = count / total
-    dtype = reduce(torch.promote_types, (p.dtype for p in params))
+    dtype = reduce(torch.promote_types, (p.dtype for p in params.values()))
     device = _comm_device()
     parts = [
-        (p.grad * weight if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
+        (grads[n] * weight if n in grads else torch.zeros_like(p)).reshape(-1)
+        for n, p in params.items()
     ]
-    present = [float(p.grad is not None) for p in params]
-    stats = [loss * count, accuracy * count] if count else [0.0, 0.0]
-    extra = torch.tensor([*present, *stats], dtype=dtype)
+    present = [float(n in grads) for n in params]
+    sums = [value * count for value in stats] if count else [0.0] * len(stats)
+    extra = torch.tensor([*present, *sums], dtype=dtype)
     flat = torch.cat([*(x.to(device, dtype) for x in parts), extra.to(device)])
     dist.all_reduce(flat)
     tail = flat[-len(extra) :].tolist()
-    offset = 0
-    for param, seen in zip(params, tail):
+    reduced, offset = {}, 0
+    for (name, param), seen in zip(params.items(), tail):
         size = param.numel()
-        grad = flat[offset : offset + size].view_as(param)
-        param.grad = grad.to(param.device, param.dtype) if seen else None
+        if seen:
+            reduced[name] = (
+                flat[offset : offset + size].view_as(param).to(param.device, param.dtype)
+            )
         offset += size
-    return tail[-2] / total, tail[-1] / total
+    return reduced, [value / total for value in tail[len(params) :]]
 
 
 def sum_over_ranks(tensor: Tensor) -> Tensor:

@@ -1,10 +1,11 @@
-"""The fused-SGD path of :func:`fewmask.engine.meta_gradient` (``EngineOptions.fused_sgd``).
+"""The fused-SGD path of :class:`fewmask.engine.Engine` (``EngineOptions.fused_sgd``).
 
-For inner optimizers that take plain SGD steps ``p <- p - lr * dL/dp`` with a single non-zero
-learning rate (``sgd`` and the ``maml`` / ``anil`` / ``boil`` policies). Per task, the per-task
-loop computes ``W' = W - lr * m * dL/dE`` and uses ``E' = W' * m`` for ``E = W * m``; that is
-``E' = E - lr * m**2 * dL/dE``, the same polynomial in ``W``, ``m`` and the gradient, so every
-derivative agrees and only rounding differs. This path therefore:
+For inner optimizers whose :meth:`~fewmask.interfaces.InnerOptimizer.plain_sgd` says that they
+take plain SGD steps ``p <- p - lr * dL/dp`` with a single non-zero learning rate (``sgd`` and the
+``anil`` / ``boil`` policies). Per task, the per-task loop computes ``W' = W - lr * m * dL/dE``
+and uses ``E' = W' * m`` for ``E = W * m``; that is ``E' = E - lr * m**2 * dL/dE``, the same
+polynomial in ``W``, ``m`` and the gradient, so every derivative agrees and only rounding
+differs. This path therefore:
 
 - iterates on the masked weights ``E`` themselves: ``E <- E + m2 * h`` (one ``addcmul``);
 - gets ``h = -lr * dL/dE`` directly by seeding the inner backward with ``-lr`` (the scaling
@@ -14,7 +15,8 @@ derivative agrees and only rounding differs. This path therefore:
   into detached leaves and one backward at the end carries the summed gradients into the
   scores and weights (the chain rule is linear in the gradient).
 
-With ``first_order`` the loop's inner gradient carries no graph, so ``m2 = detach(m) * m``.
+Without ``create_graph`` (first order) the loop's inner gradient carries no graph, so
+``m2 = detach(m) * m``.
 """
 
 from __future__ import annotations
@@ -22,31 +24,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from fewmask.builtins.inner import SGDInner
-from fewmask.interfaces import Backbone, Episode, InnerOptimizer, Params
+from fewmask.engine.exact import GradientSum, TaskResult, detached_metrics
+from fewmask.interfaces import Backbone, Episode, MetaObjective, Params, SGDSteps
 
 
-def plain_sgd_rate(inner: InnerOptimizer, learning_rates: Mapping[str, float]) -> float | None:
-    """The single non-zero learning rate of a plain-SGD inner optimizer, else None."""
-    if not isinstance(inner, SGDInner) or type(inner).adapt is not SGDInner.adapt:
+def single_rate(plan: SGDSteps | None) -> float | None:
+    """The one non-zero learning rate of a plain-SGD plan, else None (the exact path)."""
+    if plan is None:
         return None
-    rates = {lr for lr in learning_rates.values() if lr != 0}
+    rates = {lr for lr in plan.rates.values() if lr != 0}
     return rates.pop() if len(rates) == 1 else None
-
-
-def accumulate(targets: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
-    """Add each gradient to its target's ``.grad`` (``None`` gradients are skipped)."""
-    for target, grad in zip(targets, grads):
-        if grad is None:
-            continue
-        if target.grad is None:
-            target.grad = grad.detach()
-        else:
-            target.grad.add_(grad)
 
 
 class SharedLeaves:
@@ -67,13 +57,13 @@ class SharedLeaves:
             if grad is not None:
                 self.grads[i] = grad if self.grads[i] is None else self.grads[i].add_(grad)
 
-    def backward(self, targets: Sequence[Tensor]) -> None:
+    def backward(self, targets: Sequence[Tensor], total: GradientSum) -> None:
+        """Add the gradients the leaves collected, carried into ``targets``, to ``total``."""
         pairs = [(graph(), g) for graph, g in zip(self.graphs, self.grads) if g is not None]
         pairs = [(t, g) for t, g in pairs if t.requires_grad]
         if pairs and targets:
             outputs, grad_outputs = zip(*pairs)
-            grads = torch.autograd.grad(outputs, targets, grad_outputs, allow_unused=True)
-            accumulate(targets, grads)
+            total.add(torch.autograd.grad(outputs, targets, grad_outputs, allow_unused=True))
 
 
 def _shared_items(
@@ -98,62 +88,64 @@ def _shared_items(
 def fused_meta_gradient(
     backbone: Backbone,
     masks: Params,
+    plan: SGDSteps,
     lr: float,
-    learning_rates: Mapping[str, float],
-    inner: InnerOptimizer,
+    objective: MetaObjective,
     meta_params: Mapping[str, Tensor],
     episodes: Sequence[Episode],
-) -> list[tuple[Tensor, Tensor]]:
-    """Add the mean query loss's gradient to ``meta_params[*].grad``; (loss, accuracy) per task.
+) -> tuple[list[TaskResult], dict[str, Tensor]]:
+    """Per-task results and the gradient of the mean query loss w.r.t. ``meta_params``.
 
-    ``lr`` is :func:`plain_sgd_rate`; parameters whose rate is 0 are not adapted.
+    ``lr`` is :func:`single_rate` of ``plan``; parameters whose rate is 0 are not adapted.
     """
     params = dict(backbone.named_parameters())
     masks = {n: m for n, m in masks.items() if n in params}
     masked = list(masks)
-    shared = SharedLeaves(_shared_items(params, masks, inner.first_order))
+    shared = SharedLeaves(_shared_items(params, masks, not plan.create_graph))
     effective = dict(zip(masked, shared.leaves[: len(masked)]))
     m2 = dict(zip(masked, shared.leaves[len(masked) :]))
-    adapted = [n for n in params if learning_rates.get(n, 0.0) != 0.0]
+    adapted = [n for n in params if plan.rates.get(n, 0.0) != 0.0]
     targets = list(meta_params.values())
+    total = GradientSum(len(targets))
     results = []
     for episode in episodes:  # `del`: no task's tensors may outlive it (they raise the peak)
-        fast = adapt_masked(backbone, {**params, **effective}, m2, adapted, lr, episode, inner)
+        fast = {**params, **effective}
+        fast = adapt_masked(backbone, objective, fast, m2, adapted, lr, plan, episode)
         logits = functional_call(backbone, fast, (episode.query_x,))
-        loss = F.cross_entropy(logits, episode.query_y)
+        loss = objective.query_loss(logits, episode.query_y)
         del fast
-        results.append((loss.detach(), (logits.argmax(1) == episode.query_y).float().mean()))
+        results.append((loss.detach(), detached_metrics(objective, logits, episode.query_y)))
         grads = torch.autograd.grad(
             loss / len(episodes), targets + shared.leaves, allow_unused=True
         )
         del loss, logits
-        accumulate(targets, grads[: len(targets)])
+        total.add(grads[: len(targets)])
         shared.add(grads[len(targets) :])
         del grads
-    shared.backward(targets)
-    return results
+    shared.backward(targets, total)
+    return results, total.by_name(list(meta_params))
 
 
 def adapt_masked(
     backbone: Backbone,
+    objective: MetaObjective,
     fast: Params,
     m2: Params,
     adapted: Sequence[str],
     lr: float,
+    plan: SGDSteps,
     episode: Episode,
-    inner: InnerOptimizer,
 ) -> Params:
-    """``inner.steps`` SGD steps on ``fast`` (masked weights already applied): ``E + m2 * h``
+    """``plan.steps`` SGD steps on ``fast`` (masked weights already applied): ``E + m2 * h``
     for the names in ``m2``, ``p + h`` for the others, with ``h = -lr * dL/dp``."""
-    for _ in range(inner.steps):
-        loss = F.cross_entropy(
-            functional_call(backbone, fast, (episode.support_x,)), episode.support_y
-        )
+    for _ in range(plan.steps):
+        logits = functional_call(backbone, fast, (episode.support_x,))
+        loss = objective.support_loss(logits, episode.support_y)
         steps = torch.autograd.grad(
             loss,
             [fast[n] for n in adapted],
             grad_outputs=torch.full_like(loss, -lr),
-            create_graph=not inner.first_order,
+            create_graph=plan.create_graph,
             allow_unused=True,
         )
         fast = dict(fast)
