@@ -1,7 +1,10 @@
 """The ``fewmask`` command: plugins, validate, train, test.
 
-Exit status: 0 success, 2 bad configuration or usage, 1 any other fewmask error (data, checkpoint,
-plugin, non-finite loss). Errors are one clear message, never a traceback.
+Exit status: 0 success, 2 bad input (configuration, usage, a run folder in use or unusable, a
+run too large for the device), 1 a failure at run time (data, checkpoint, plugin, non-finite
+values, the operating system). Errors are one clear message naming the path and the fix, never a
+traceback; ``--debug`` (anywhere on the line) or ``FEWMASK_DEBUG=1`` adds it
+(:mod:`fewmask.failures`).
 
 ``train`` and ``test`` also run under ``torchrun`` (see docs/distributed.md): every rank trains,
 rank 0 alone prints and writes the run directory.
@@ -11,21 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fewmask.engine import distributed
-from fewmask.errors import ConfigError, FewmaskError, UnknownComponentError
+from fewmask.errors import ConfigError, RunStoppedError
+from fewmask.failures import report, shown_warnings
 from fewmask.run import RunFolder
+from fewmask.runlock import release_all
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from fewmask.session import default_registry
 
     registry = default_registry()
-    infos = registry.list()
+    infos = _select(registry, args.kind, args.filter)
     if args.json:
         print(
             json.dumps(
@@ -44,6 +50,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if not infos:
+        print(f"no component matches {_selection(args.kind, args.filter)}", file=sys.stderr)
     rows = [("KIND", "NAME", "PROVIDER", "VERSION", "DESCRIPTION")] + [
         (
             i.kind,
@@ -62,19 +70,60 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select(registry: Any, kind: str | None, pattern: str | None) -> list[Any]:
+    """The components of ``kind`` (a registry kind or config field) whose names match
+    ``pattern`` (a shell-style pattern, e.g. ``meta*``; without wildcards, a substring)."""
+    import fnmatch
+
+    from fewmask.factory import component_kind
+
+    infos = registry.list(component_kind(kind, registry) if kind else None)
+    if pattern:
+        if not any(c in pattern for c in "*?["):
+            pattern = f"*{pattern}*"
+        infos = [i for i in infos if fnmatch.fnmatch(i.name.lower(), pattern.lower())]
+    return infos
+
+
+def _selection(kind: str | None, pattern: str | None) -> str:
+    return " and ".join(
+        [*([f"kind {kind!r}"] if kind else []), *([f"--filter {pattern!r}"] if pattern else [])]
+    )
+
+
 def _cmd_options(args: argparse.Namespace) -> int:
-    from fewmask.options import options_markdown
+    from fewmask.config import (
+        ExperimentConfig,
+        TrainConfig,
+        component_markdown,
+        fields_markdown,
+        options_markdown,
+    )
+    from fewmask.factory import component_kind
     from fewmask.session import default_registry
 
-    print(options_markdown(default_registry()), end="")
+    registry = default_registry()
+    topic = args.topic
+    if topic is None:
+        print(options_markdown(registry), end="")
+    elif topic in ("experiment", "train"):
+        cls = ExperimentConfig if topic == "experiment" else TrainConfig
+        print(f"## `{topic}`\n{fields_markdown(cls)}", end="")
+    else:
+        kind, _, name = topic.partition(".")
+        kind = component_kind(kind, registry)
+        infos = [registry.get(kind, name)] if name else registry.list(kind)
+        print("\n".join(component_markdown(info) for info in infos), end="")
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from fewmask.factory import check_data_sources
     from fewmask.resolve import plain_config
     from fewmask.session import resolve
 
     resolved = resolve(args.config, args.override)
+    check_data_sources(resolved)  # what train would refuse before reading data
     import yaml
 
     print(yaml.safe_dump(plain_config(resolved), sort_keys=False), end="")
@@ -91,20 +140,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(
                 ["--resume: the run's checkpoint holds its config; pass no CONFIG or --run-dir"]
             )
+        if distributed.is_main() and _is_folder(args.resume):
+            RunFolder(args.resume).lock()  # before anything in it is read or cleaned up
         # the config comes from the checkpoint; -o overrides apply on top of it
         trainer = build_run_trainer(
-            args.resume, args.override, what="--resume", registry=default_registry()
+            args.resume, args.override, what="--resume", registry=default_registry(), resume=True
         )
         if distributed.is_main():
-            print(f"resuming {args.resume} at iteration {trainer.iteration}", file=sys.stderr)
+            note = ""
+            if args.override:
+                given = " ".join(f"-o {o}" for o in args.override)
+                note = f" with {given} (changes recorded in {trainer.run.resumes})"
+            source = f" from {trainer.run.loaded_from}" if trainer.run.loaded_from else ""
+            print(
+                f"resuming {args.resume} at iteration {trainer.iteration}{source}{note}",
+                file=sys.stderr,
+            )
     else:
         if not args.config:
             raise ConfigError(
                 ["usage: fewmask train CONFIG [-o key=value ...] or --resume RUN_DIR"]
             )
-        overrides = list(args.override) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+        # the path as a YAML string, whatever it holds (`#`, `: `, escapes)
+        given = [f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir is not None else []
+        overrides = list(args.override) + given
         trainer = build_trainer(args.config, overrides)
         run = trainer.run
+        if distributed.is_main():
+            run.lock()  # another process writing this folder is refused, naming it
         if run.holds_run() and not args.force:
             raise ConfigError(
                 [
@@ -114,31 +177,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 ]
             )
         if distributed.is_main():
-            run.discard_run()  # --force: nothing of the old run may be resumed or read back
+            run.discard_run()  # --force: the old run's files (only those fewmask names)
     if distributed.is_main():  # the readable copy of the config (the checkpoint holds it too)
         trainer.run.write_config(trainer.config)
+        print(f"threads: {trainer.threads}", file=sys.stderr)
     results = trainer.fit()
     if distributed.is_main():
-        _print_results(results, trainer.run)
+        _print_results(results, trainer.run.results, trainer.run)
     return 0
 
 
+def _is_folder(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):  # a NUL, an unencodable name: RunFolder reports it
+        return False
+
+
 def _cmd_test(args: argparse.Namespace) -> int:
-    from fewmask.config import parse_value
     from fewmask.factory import build_run_trainer
     from fewmask.session import create, default_registry
     from fewmask.transforms import match_shape
 
     seed = [] if args.seed is None else [f"seed={args.seed}"]
     trainer = build_run_trainer(args.run_dir, [*args.override, *seed], registry=default_registry())
+    stopped = trainer.run.read_stopped()
+    if stopped is not None:
+        raise RunStoppedError(
+            f"{trainer.run.path} stopped at iteration {stopped.get('iteration')}: "
+            f"{stopped.get('reason')}. Its checkpoint (iteration {trainer.iteration}) is not a "
+            f"finished run; resume it with a lower learning rate, or remove {trainer.run.stopped} "
+            "to meta-test that checkpoint anyway"
+        )
     if args.dataset is None:
-        results = trainer.test(args.episodes)
+        results = trainer.test(args.episodes, write_results=False)  # never over results.json
         if distributed.is_main():
-            _print_results(results, trainer.run)
+            _print_results(results, trainer.run.write_test_results(results), trainer.run)
         return 0
-    options = parse_value(args.dataset_options) if args.dataset_options else {}
-    if not isinstance(options, dict):
-        raise ConfigError([f"--dataset-options: expected a mapping, got {args.dataset_options!r}"])
+    options = _parse_dataset_options(args.dataset_options)
     if args.root:
         options["root"] = args.root
     target = create("dataset", args.dataset, options).load("test")
@@ -155,22 +231,53 @@ def _cmd_test(args: argparse.Namespace) -> int:
         f"{result.episodes} episodes, iteration {trainer.iteration}): "
         f"accuracy {100 * result.mean:.2f} +- {100 * result.ci95:.2f} % (95% CI)"
     )
+    results = {
+        "dataset": target.name,
+        "dataset_options": options,
+        "split": "test",
+        "iteration": trainer.iteration,
+        "accuracy": result.mean,
+        "ci95": result.ci95,
+        "loss": result.loss,
+        "episodes": result.episodes,
+        "ways": trainer.sampler.ways,
+        "shots": trainer.sampler.shots,
+    }
+    print(f"results: {trainer.run.write_test_results(results)}")
     return 0
 
 
-def _cmd_experiment(args: argparse.Namespace) -> int:
-    import shutil
+def _parse_dataset_options(text: str | None) -> dict:
+    import yaml
 
+    from fewmask.config import parse_value
+
+    try:
+        options = parse_value(text) if text else {}
+    except yaml.YAMLError:
+        options = None
+    if not isinstance(options, dict):
+        raise ConfigError([f"--dataset-options: expected a YAML mapping, got {text!r}"])
+    return options
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
     from fewmask.config import apply_overrides
     from fewmask.experiments import run_experiment
 
     settings = apply_overrides({}, args.setting, flag="-x", example="seeds=[1,2]")
     out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
-    if args.force and out.exists():
-        if not (out / "runs").is_dir() and any(out.iterdir()):
-            raise ConfigError([f"--force: {out} does not look like an experiment folder"])
-        shutil.rmtree(out)
-    run_experiment(args.name, args.config, args.override, settings, out, progress=args.progress)
+    # --force removes only what an earlier run of an experiment wrote there, once the config
+    # and every variant are validated (fewmask.experiments.outputs)
+    run_experiment(
+        args.name,
+        args.config,
+        args.override,
+        settings,
+        out,
+        progress=args.progress,
+        force=args.force,
+    )
     for table in sorted(out.glob("*.md")):
         print(f"## {table.stem}\n\n{table.read_text()}")
     outputs = sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".md", ".png"))
@@ -178,7 +285,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_results(results: dict, run: RunFolder | None) -> None:
+def _print_results(results: dict, path: Path, run: RunFolder) -> None:
     print(
         f"meta-test {results['ways']}-way {results['shots']}-shot ({results['split']} split, "
         f"{results['episodes']} episodes, iteration {results['iteration']}): "
@@ -197,8 +304,7 @@ def _print_results(results: dict, run: RunFolder | None) -> None:
         ]
         print("| " + " | ".join(["own test split", *cross]) + " |")
         print("| " + " | ".join(cells) + " |")
-    if run is not None:
-        print(f"results: {run.results}; TensorBoard: tensorboard --logdir {run.path}")
+    print(f"results: {path}; TensorBoard: tensorboard --logdir {run.path.parent}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -228,13 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-learn sparse subnetworks (Meta-ticket) and MAML baselines.",
     )
     parser.add_argument("--version", action="version", version=f"fewmask {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on failure, print the traceback too (accepted anywhere; or FEWMASK_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plugins", help="list every registered component and its provider")
+    p.add_argument(
+        "kind",
+        nargs="?",
+        metavar="KIND",
+        help="only this kind: backbone, masker, inner (inner_optimizer), objective, sampler, "
+        "dataset",
+    )
+    p.add_argument(
+        "--filter",
+        metavar="PATTERN",
+        help="only names matching PATTERN (shell-style, e.g. 'meta*'; plain text: a substring)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("options", help="every config field of every component, as markdown")
+    p.add_argument(
+        "topic",
+        nargs="?",
+        metavar="KIND[.NAME]",
+        help="only one kind's components (masker), one component (masker.iterand), or the "
+        "experiment or train section",
+    )
     p.set_defaults(func=_cmd_options)
 
     override = {
@@ -291,29 +421,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="an experiment setting, e.g. -x widths=[1,2] (see docs/experiments.md)",
     )
     p.add_argument("--out", help="output folder (default: runs/experiments/NAME)")
-    p.add_argument("--force", action="store_true", help="delete the output folder and start over")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: remove what fewmask wrote in the output folder (nothing else)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=_cmd_experiment)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("FEWMASK_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"fewmask: config error: {exc}", file=sys.stderr)
-        return 2
-    except UnknownComponentError as exc:
-        print(f"fewmask: {exc}", file=sys.stderr)
-        return 2
-    except FewmaskError as exc:
-        print(f"fewmask: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        with shown_warnings():
+            return args.func(args)
     except KeyboardInterrupt:
         print("fewmask: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # one message and an exit status (fewmask.failures)
+        return report(exc, debug)
     finally:
+        release_all()  # the run folders this command locked
         distributed.destroy()  # under torchrun; a no-op otherwise
 
 

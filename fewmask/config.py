@@ -15,8 +15,8 @@ Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.C
 from __future__ import annotations
 
 import json
+import os
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,13 @@ import attrs
 import yaml
 from cattrs.errors import ClassValidationError, IterableValidationError
 
+from fewmask.configfile import (
+    MAX_VALUE_CHARS,
+    parse_text,
+    parse_yaml,
+    plain_data_problems,
+    read_text,
+)
 from fewmask.errors import ConfigError
 from fewmask.options import (
     ComponentRef,
@@ -34,11 +41,6 @@ from fewmask.options import (
     render_error,
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 if TYPE_CHECKING:
     from fewmask.registry import Registry
 
@@ -47,11 +49,13 @@ if TYPE_CHECKING:
 class TrainConfig:
     """How long and how to meta-train, validate, test and checkpoint."""
 
-    iterations: int = option(30000, ge=1, help="outer (meta) iterations")
-    meta_batch_size: int = option(4, ge=1, help="tasks per outer iteration (B)")
+    iterations: int = option(30000, ge=1, le=10**9, help="outer (meta) iterations")
+    meta_batch_size: int = option(4, ge=1, le=10_000, help="tasks per outer iteration (B)")
     val_every: int = option(1000, ge=1, help="validate every this many iterations")
-    val_episodes: int = option(200, ge=0, help="validation tasks (fresh each time); 0 disables")
-    test_episodes: int = option(1000, ge=1, help="meta-test tasks, fixed by the seed")
+    val_episodes: int = option(
+        200, ge=0, le=10**7, help="validation tasks (fresh each time); 0 disables"
+    )
+    test_episodes: int = option(1000, ge=1, le=10**7, help="meta-test tasks, fixed by the seed")
     checkpoint_every: int = option(
         1000, ge=1, output_only=True, help="write the checkpoint every this many iterations"
     )
@@ -59,10 +63,27 @@ class TrainConfig:
         10, ge=1, output_only=True, help="write training scalars every this many iterations"
     )
     histogram_every: int = option(
-        1000, ge=1, output_only=True, help="write score histograms every this many iterations"
+        1000,
+        ge=1,
+        output_only=True,
+        help="write score histograms every this many iterations (and at the last one)",
+    )
+    mask_image_every: int = option(
+        1000,
+        ge=0,
+        output_only=True,
+        help="write the first masked layer's mask as a picture to TensorBoard every this many "
+        "iterations (and at the last one) in masking runs; 0 never",
     )
     device: str = option("cpu", help="torch device: cpu, cuda, cuda:1, ...")
     dtype: str = option("float32", choices=("float32", "float64"), help="floating-point precision")
+    data_on_device: bool = option(
+        False,
+        help="hold every split's uint8 images on train.device (moved once at start) and cut "
+        "the episodes out there; the random draws stay on the CPU, so the episodes are the "
+        "same. Costs device memory (miniImageNet's train split: 0.8 GB); worth it on a GPU "
+        "with 84x84 images",
+    )
     progress: bool = option(True, output_only=True, help="show a progress bar on stderr")
     engine: str = option(
         "exact",
@@ -76,6 +97,24 @@ class TrainConfig:
         help="CPU: keep freed memory in glibc's heap instead of returning it to the kernel "
         "(1.8-2x on conv nets; process-wide, higher resident memory)",
     )
+    threads: int | str = option(
+        "auto",
+        help="CPU threads (process-wide): auto = one for small models, one per core for large "
+        "ones, OMP_NUM_THREADS if set (docs/performance.md); or a count",
+    )
+
+    def check(self) -> dict[str, str]:
+        problems = {}
+        if self.threads != "auto" and not (
+            isinstance(self.threads, int) and 1 <= self.threads <= 1024
+        ):
+            problems["threads"] = (
+                f"expected auto or an integer from 1 to 1024, got {self.threads!r}"
+            )
+        device = device_problem(self.device)
+        if device:
+            problems["device"] = device
+        return problems
 
 
 @attrs.frozen
@@ -91,7 +130,9 @@ class ExperimentConfig:
     )
     masker: ComponentRef | None = option(
         None,
-        help="dense or metaticket (default: the objective's own, e.g. metaticket -> metaticket)",
+        help="what prunes the backbone's weights: dense (none), metaticket, iterand, ... "
+        "(`fewmask plugins masker`); default: the objective's own (maml -> dense, "
+        "metaticket -> metaticket)",
     )
     inner: ComponentRef = option(
         factory=lambda: ComponentRef("sgd"), help="inner-loop optimizer (lr, steps, first_order)"
@@ -105,8 +146,72 @@ class ExperimentConfig:
         help="extra (cross-domain) meta-test datasets: their test splits, resized to the model's "
         "input, are evaluated after training",
     )
-    seed: int = option(1, ge=0, help="seed of weights, scores and every episode stream")
+    seed: int = option(
+        1, ge=0, le=2**32 - 1, help="seed of weights, scores and every episode stream"
+    )
     run_dir: str = option("runs/default", help="where checkpoints, logs and results are written")
+
+    def check(self) -> dict[str, str]:
+        problem = run_dir_problem(self.run_dir)
+        return {"run_dir": problem} if problem else {}
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot train (not a torch device, meta, a GPU this machine lacks)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"{device!r} is not a torch device; use cpu, cuda or cuda:N"
+    fix = "; use -o train.device=cpu"
+    if parsed.type == "meta":
+        return f"{device!r} holds no data (shapes only); use cpu or cuda"
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            return f"{device!r}: this machine has no CUDA device{fix}"
+        if parsed.index is not None and parsed.index >= count:
+            last = f"cuda:{count - 1}"
+            return f"{device!r}: this machine has {count} CUDA device(s), cuda:0 to {last}"
+    elif parsed.type != "cpu":
+        backend = getattr(torch.backends, parsed.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            return f"{device!r}: no {parsed.type} device is available here{fix}"
+    return None
+
+
+def run_dir_problem(run_dir: str) -> str | None:
+    """Why ``run_dir`` cannot hold a run: empty, a NUL or unencodable character, too long, a
+    file in the way, a system folder, no permission to write. Creates nothing."""
+    if not run_dir.strip():
+        return "must name a folder (use '.' for the current one)"
+    if "\0" in run_dir:
+        return "contains a NUL character"
+    try:
+        run_dir.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{run_dir!r} is not valid text (a lone surrogate); rename the folder"
+    try:
+        encoded = os.fsencode(run_dir)
+    except UnicodeError:
+        return f"{run_dir!r} holds characters this system cannot write in a file name"
+    path = Path(os.path.abspath(run_dir))
+    if len(encoded) > 1024 or any(len(os.fsencode(part)) > 255 for part in path.parts):
+        return "is too long (at most 255 bytes a folder name, 1024 in all)"
+    if path.parts[1:2] in (("proc",), ("sys",), ("dev",)):
+        return f"{run_dir!r} is inside the system folder /{path.parts[1]}; choose another folder"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        return f"{run_dir!r} is a file, not a folder"
+    if existing != path and not existing.is_dir():
+        return f"{run_dir!r} cannot be created: {str(existing)!r} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{str(existing)!r} is not writable; choose a folder you can write (--run-dir)"
+    return None
 
 
 COMPONENT_FIELDS: dict[str, str] = {
@@ -147,42 +252,29 @@ def parse_experiment(data: Any, source: str | None = None) -> ExperimentConfig:
     return experiment
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; this loader reads it as the float users mean."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
-        r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
-
-
 def parse_value(text: str) -> Any:
-    """A ``-o key=value`` value in YAML syntax: ``3``, ``1e-3``, ``[1, 2]``, ``x``."""
-    return yaml.load(text, Loader=_Loader)
+    """A ``-o key=value`` value in YAML syntax: ``3``, ``1e-3``, ``[1, 2]``, ``x``.
+
+    Bounded like a config file (:mod:`fewmask.configfile`); any problem is a ConfigError."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise ConfigError([f"$: a value of {len(text):,} characters is too long"])
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError([f"$: the value is not valid YAML ({problem})"]) from None
+    problems = plain_data_problems(value)
+    if problems:
+        raise ConfigError(problems)
+    return value
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file into plain data."""
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file into plain data, within the
+    bounds of :mod:`fewmask.configfile` (size, nesting, aliases, plain values only)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"$: config file {str(path)!r} does not exist"], str(path))
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=_Loader)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError([f"$: cannot parse {path.name}: {exc}"], str(path)) from None
+    kind = {".toml": "toml", ".json": "json"}.get(path.suffix, "yaml")
+    data = parse_text(read_text(path), kind, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -221,7 +313,10 @@ def apply_overrides(
                 break
             node = child
         else:
-            node[parts[-1]] = parse_value(text)
+            try:
+                node[parts[-1]] = parse_value(text)
+            except ConfigError as exc:
+                problems += [f"{flag} {item!r}: {p.removeprefix('$: ')}" for p in exc.problems]
     if problems:
         raise ConfigError(problems)
     return data
@@ -289,12 +384,17 @@ def options_markdown(registry: Registry) -> str:
         "\n## `train`\n",
         fields_markdown(TrainConfig),
     ]
-    for info in registry.list():
-        field = next(f for f, k in COMPONENT_FIELDS.items() if k == info.kind)
-        parts.append(f"\n## `{field}: {{name: {info.name}}}` ({info.provider.distribution})\n\n")
-        parts.append(f"{info.description}\n\n")
-        parts.append(fields_markdown(info.config_cls) if info.config_cls else "No options.\n")
+    parts += ["\n" + component_markdown(info) for info in registry.list()]
     return "".join(parts)
+
+
+def component_markdown(info: Any) -> str:
+    """One registered component's section of :func:`options_markdown`: heading, description,
+    options table (``info`` is a :class:`fewmask.registry.ComponentInfo`)."""
+    field = next(f for f, k in COMPONENT_FIELDS.items() if k == info.kind)
+    options = fields_markdown(info.config_cls) if info.config_cls else "No options.\n"
+    heading = f"## `{field}: {{name: {info.name}}}` ({info.provider.distribution})"
+    return f"{heading}\n\n{info.description}\n\n{options}"
 
 
 __all__ = [
@@ -303,6 +403,7 @@ __all__ = [
     "ExperimentConfig",
     "TrainConfig",
     "apply_overrides",
+    "component_markdown",
     "dump_config",
     "options_markdown",
     "parse_experiment",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fewmask.budget import check_fits, estimate_memory
 from fewmask.config import (
     COMPONENT_FIELDS,
     ExperimentConfig,
@@ -19,9 +20,11 @@ from fewmask.config import (
     read_config_file,
     unstructure,
 )
+from fewmask.engine import distributed
 from fewmask.errors import ConfigError
 from fewmask.malloc import apply_train_option
 from fewmask.options import converter
+from fewmask.overrides import changed_values, check_resume_changes, check_test_changes
 from fewmask.registry import Registry
 from fewmask.resolve import (
     ResolvedConfig,
@@ -108,7 +111,20 @@ def build_trainer(
     # cheap components first, so their construction errors come before any data is read
     sampler, masker = build("sampler"), build("masker")
     inner, objective, source = build("inner"), build("objective"), build("dataset")
+    check_data_sources(resolved, source)
     datasets = {split: source.load(split) for split in source.splits}
+    shape = datasets["train"].image_shape
+    estimate = estimate_memory(
+        lambda: build("backbone", input_shape=shape, num_classes=sampler.ways),
+        shape,
+        ways=sampler.ways,
+        shots=sampler.shots,
+        queries=sampler.queries,
+        meta_batch=experiment.train.meta_batch_size,
+        inner_steps=getattr(inner, "steps", 1),
+        dtype=getattr(torch, experiment.train.dtype),
+    )
+    check_fits(estimate, torch.device(experiment.train.device))  # before the backbone exists
     backbone = build(
         "backbone", input_shape=datasets["train"].image_shape, num_classes=sampler.ways
     )
@@ -131,31 +147,82 @@ def build_trainer(
     )
 
 
+def check_data_sources(resolved: ResolvedConfig, source: Any = None) -> None:
+    """The dataset serves a ``train`` split and each of ``test_datasets`` a ``test`` split (a
+    held-out set serves only ``test``). Builds the sources, reads no data; ``fewmask validate``
+    runs it too."""
+    source = source if source is not None else resolved.components["dataset"].build()
+    problems = []
+    if "train" not in source.splits:
+        name = getattr(source, "name", "") or resolved.components["dataset"].name
+        problems.append(
+            f"$.dataset: {name} serves only the {', '.join(map(repr, source.splits))} split(s), "
+            "no 'train' split to meta-train on; meta-test on it with test_datasets or "
+            "`fewmask test RUN --dataset ...` instead"
+        )
+    for i, part in enumerate(resolved.test_datasets):
+        if "test" not in part.build().splits:
+            problems.append(f"$.test_datasets[{i}]: {part.name} serves no 'test' split")
+    if problems:
+        raise ConfigError(problems)
+
+
 def build_run_trainer(
     run_dir: str | Path | RunFolder,
     overrides: Iterable[str] = (),
     what: str = "RUN_DIR",
     *,
     registry: Registry,
+    resume: bool = False,
 ) -> Trainer:
     """The Trainer of the run in ``run_dir``, resumed from its checkpoint.
 
     It is rebuilt from the config the checkpoint holds (``config.yaml`` is a copy for people to
     read), with ``overrides`` applied and ``run_dir`` set to this folder, which may have moved.
-    ``what`` names the argument in the error when the folder holds no checkpoint."""
+    ``what`` names the argument in the error when the folder holds no checkpoint.
+
+    With ``resume`` (to train on), overrides that change what is trained are refused, naming
+    them (:data:`fewmask.overrides.RESUMABLE` lists what may change), and the accepted changes are
+    recorded in the run folder's ``resumes.jsonl``. Without it (to meta-test), overrides may not
+    change the model (:data:`fewmask.overrides.TEST_FIXED`)."""
     run = RunFolder(run_dir)
     state = run.load_checkpoint(what)
-    data = apply_overrides(run.stored_config(state), overrides)
+    stored = run.stored_config(state)
+    data = apply_overrides(stored, overrides)
     data["run_dir"] = str(run.path)
+    source = f"the config of {run.checkpoint}"
     try:
-        trainer = build_trainer(data, registry=registry)
+        resolved = resolve(data, registry=registry)
+        changes = changed_values(
+            _without_run_dir(_with_defaults(stored, registry)),
+            _without_run_dir(plain_config(resolved)),
+        )
+        (check_resume_changes if resume else check_test_changes)(changes, what)
+        trainer = build_trainer(resolved, registry=registry)
     except ConfigError as exc:
         if exc.source is not None:
             raise
-        raise ConfigError(exc.problems, f"the config of {run.checkpoint}") from None
+        raise ConfigError(exc.problems, source) from None
     trainer.load_state_dict(state)
-    run.discard_partial_checkpoints()  # what a crash during a checkpoint write left behind
+    trainer.run = run  # the same folder, which knows the checkpoint it read (run.loaded_from)
+    if resume:  # what a crash during a checkpoint write left behind (never a live run's write:
+        run.discard_partial_checkpoints()  # resuming holds the folder's lock; testing does not)
+    if resume and changes and distributed.is_main():
+        run.record_resume(trainer.iteration, {path: new for path, (_, new) in changes.items()})
     return trainer
+
+
+def _with_defaults(data: Mapping[str, Any], registry: Registry) -> Mapping[str, Any]:
+    """A stored config with today's defaults filled in (an option added since it was saved is
+    no change); as it is if it no longer resolves."""
+    try:
+        return plain_config(resolve_config(data, registry))
+    except ConfigError:
+        return data
+
+
+def _without_run_dir(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "run_dir"}
 
 
 def cross_domain_label(name: str, options: Any, taken: Mapping[str, Any]) -> str:

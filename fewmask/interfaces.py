@@ -42,12 +42,14 @@ class Episode(NamedTuple):
     query_y: Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Episode:
-        """Images as ``dtype`` in [0, 1] on ``device`` (uint8 ones divided by 255 there)."""
+        """Images as ``dtype`` in [0, 1] on ``device`` (uint8 ones divided by 255 there).
+
+        Copies to a GPU are queued without waiting for them (no host synchronisation)."""
         return Episode(
             _as_float(self.support_x, device, dtype),
-            self.support_y.to(device),
+            self.support_y.to(device, non_blocking=True),
             _as_float(self.query_x, device, dtype),
-            self.query_y.to(device),
+            self.query_y.to(device, non_blocking=True),
         )
 
 
@@ -62,7 +64,8 @@ class FewShotDataset:
     """Images of one split, held in memory, grouped by class.
 
     Args:
-        images: uint8 tensor ``[N, C, H, W]``, sorted by class.
+        images: uint8 tensor ``[N, C, H, W]``, sorted by class (on the CPU, or on a device
+            after :meth:`to`).
         labels: int64 tensor ``[N]`` of class indices ``0..num_classes-1``, non-decreasing.
         class_names: one name per class.
         name: what the data is (used in messages).
@@ -111,6 +114,14 @@ class FewShotDataset:
     def class_counts(self) -> Tensor:
         return torch.bincount(self.labels, minlength=self.num_classes)
 
+    def to(self, device: torch.device | str) -> FewShotDataset:
+        """The same split with its uint8 images on ``device`` (moved once, here).
+
+        Samplers gather episodes where the images are, so on a GPU the episodes are cut out
+        there; the labels stay on the CPU, where samplers draw their random indices.
+        """
+        return attrs.evolve(self, images=self.images.to(device))
+
 
 class Backbone(nn.Module, ABC):
     """A classifier network split into a body (feature extractor) and a head.
@@ -124,6 +135,9 @@ class Backbone(nn.Module, ABC):
     """
 
     num_features: int
+    input_shape: tuple[int, ...] | None = None
+    """The image shape ``(C, H, W)`` it was built for, if it records one (all built-in backbones
+    do): the Trainer refuses data of another shape with a clear message."""
 
     @abstractmethod
     def forward_features(self, x: Tensor) -> Tensor:
@@ -230,6 +244,9 @@ class MetaObjective(ABC):
     """
 
     default_masker: str = "dense"
+    needs_scores: bool = False
+    """Whether the objective meta-learns the masker's scores (``fewmask validate`` then refuses
+    a masker without any, e.g. ``dense``)."""
 
     @abstractmethod
     def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+import yaml
 
+from fewmask.options import converter
 from fewmask.run import RunFolder
 
 
 class MetricLogger(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None: ...
+    def text(self, tag: str, text: str, step: int) -> None: ...
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None: ...
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -29,6 +35,15 @@ class NullLogger:
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         pass
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        pass
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        pass
+
     def flush(self) -> None:
         pass
 
@@ -36,11 +51,12 @@ class NullLogger:
         pass
 
 
-def _step(line: str) -> int | None:
-    """The step of one ``metrics.jsonl`` line; ``None`` for a line cut short by a crash."""
+def _step(raw: bytes) -> int | None:
+    """The step of one ``metrics.jsonl`` line; ``None`` for a line cut short by a crash
+    (anywhere, even inside a UTF-8 character) or otherwise unreadable."""
     try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
+        return int(json.loads(raw.decode("utf-8"))["step"])
+    except (ValueError, KeyError, TypeError, OverflowError):  # UnicodeDecodeError included
         return None
 
 
@@ -74,10 +90,10 @@ class RunLogger:
         if resume_step is not None and self.jsonl.exists():
             kept = [
                 line
-                for line in self.jsonl.read_text().splitlines()
+                for line in self.jsonl.read_bytes().splitlines()
                 if (step := _step(line)) is not None and step < resume_step
             ]
-            self.jsonl.write_text("".join(line + "\n" for line in kept))
+            self.jsonl.write_bytes(b"".join(line + b"\n" for line in kept))
         self._file = self.jsonl.open("a", buffering=1)  # line by line, so `tail -f` works
 
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -85,7 +101,29 @@ class RunLogger:
         self._file.write(json.dumps({"step": step, "tag": tag, "value": value}) + "\n")
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+        try:
+            self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+        except ValueError:  # values beyond TensorBoard's buckets (|x| > 1e20): a diverged run
+            pass  # its scalars and the divergence warning say what happened
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Markdown text (TensorBoard's Text tab)."""
+        self.writer.add_text(tag, text, step)
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """An image ``[C, H, W]`` with values in [0, 1] (TensorBoard's Images tab)."""
+        self.writer.add_image(tag, image.detach().float().cpu(), step)
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The run's hyperparameters with its final metrics (TensorBoard's HParams tab), in
+        this run's own event file. The metrics must also be logged as scalars of these tags."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        values = {
+            k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()
+        }
+        for summary in hparams_summary(values, dict(metrics)):
+            self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
         """Put everything logged so far on disk (called before every checkpoint)."""
@@ -96,3 +134,35 @@ class RunLogger:
     def close(self) -> None:
         self.writer.close()
         self._file.close()
+
+
+def _run_data(config: Mapping[str, Any] | None, train: Any) -> dict[str, Any]:
+    """The run's config as plain data (a Trainer composed in Python may have only its
+    TrainConfig, which is added when the config has no ``train``)."""
+    data = {"train": converter.unstructure(train), **dict(config or {})}
+    return json.loads(json.dumps(data))
+
+
+def run_config_text(config: Mapping[str, Any] | None, train: Any, threads: object) -> str:
+    """The config as TensorBoard text (markdown: a code block), with the thread count used."""
+    body = yaml.safe_dump(_run_data(config, train), sort_keys=False)
+    code = "\n".join(f"    {line}" for line in body.splitlines())
+    return f"threads: {threads}\n\n{code}"
+
+
+def run_hparams(config: Mapping[str, Any] | None, train: Any, threads: Any) -> dict[str, Any]:
+    """Every config value by its dotted path (``sampler.options.shots``), plus ``threads``."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[path] = value
+        else:  # lists, None, {}
+            flat[path] = json.dumps(value)
+
+    walk(_run_data(config, train), "")
+    flat["threads"] = threads.threads
+    return flat

@@ -99,6 +99,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(
         lambda t: t == dict[str, Any], lambda v, _: require_mapping(v)
     )
+    converter.register_structure_hook_func(lambda t: t == (int | str), _int_or_str)
     as_mapping = make_dict_structure_fn(ComponentRef, converter, _cattrs_forbid_extra_keys=True)
 
     def component_ref(value: Any, _: type) -> ComponentRef:
@@ -114,6 +115,13 @@ def make_converter() -> cattrs.Converter:
 
     converter.register_structure_hook(ComponentRef, component_ref)
     return converter
+
+
+def _int_or_str(value: Any, _: type) -> int | str:
+    """``int | str`` fields (e.g. ``threads: auto`` or ``threads: 2``): no booleans, no floats."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"expected an integer or a string, got {type(value).__name__} {value!r}")
+    return value
 
 
 def require_mapping(value: Any) -> dict[str, Any]:

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TextIO
+
+_PREFIX: ContextVar[str] = ContextVar("fewmask_progress_prefix", default="")
+
+
+@contextlib.contextmanager
+def labelled(prefix: str) -> Iterator[None]:
+    """Progress lines drawn inside start with ``prefix`` (an experiment names its variant)."""
+    token = _PREFIX.set(prefix)
+    try:
+        yield
+    finally:
+        _PREFIX.reset(token)
 
 
 class Progress:
@@ -18,6 +33,8 @@ class Progress:
         enabled: bool = True,
         stream: TextIO | None = None,
     ):
+        prefix = _PREFIX.get()
+        label = f"{prefix} {label}" if prefix else label
         self.total, self.label, self.count, self.enabled = total, label, start, enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()

@@ -13,6 +13,7 @@ import attrs
 
 from fewmask.errors import DuplicateComponentError, UnknownComponentError, closest_name
 from fewmask.interfaces import COMPONENT_KINDS
+from fewmask.known_plugins import install_hint
 
 
 @attrs.frozen
@@ -122,8 +123,11 @@ class Registry:
         """Why ``name`` is not a known ``kind``: suggestion, available names, failed plugins."""
         available = sorted(self._entries[kind])
         msg = f"no {kind} named {name!r}."
+        hint = install_hint(kind, name)
         close = closest_name(name, available)
-        if close:
+        if hint:
+            msg += f" {hint}"
+        elif close:
             msg += f" Did you mean {close!r}?"
         msg += f" Available: {', '.join(available) or '(none)'}."
         for failure in self.failures:

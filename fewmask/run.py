@@ -3,12 +3,21 @@
 ::
 
     RUN/
-      checkpoint.pt     the state to resume from, config included (written atomically; a write cut
-                        short by a crash leaves a .checkpoint.pt.*.tmp file beside it)
+      checkpoint.pt     the state to resume from, config included, with its SHA-256 digest
+                        (written atomically; a write cut short by a crash leaves a
+                        .checkpoint.pt.*.tmp file beside it)
+      checkpoint.prev.pt  the checkpoint before it, kept when a new one is written; resuming
+                        falls back to it when checkpoint.pt fails verification
+      run.lock          while a process writes the run: its pid and host (fewmask.runlock)
+      stopped.json      why the last training stopped early (a non-finite value), if it did
       config.yaml       the resolved config, a human-readable copy of the checkpoint's
-      results.json      the meta-test results
+      results.json      the meta-test results of the training
+      test-*.json       the results of each later `fewmask test` (never over results.json)
+      resumes.jsonl     each resume: its iteration and the overrides it accepted
       metrics.jsonl     every logged scalar, one JSON object per line
-      tensorboard/      TensorBoard event files
+      events.out.tfevents.*   TensorBoard events, in the folder itself, so that
+                        `tensorboard --logdir PARENT` names the run by the folder's name
+                        (runs written before kept them in tensorboard/, which is still used)
 
 The Trainer writes the checkpoint, results and logs; the CLI and the experiments write the
 config copy and ask whether a folder holds a run. Resuming reads the config from the checkpoint
@@ -19,13 +28,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fewmask.checkpoint import discard_partial_writes, load_checkpoint
+from fewmask.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
 from fewmask.config import dump_config, read_config_file
-from fewmask.errors import CheckpointError, ConfigError
+from fewmask.errors import CheckpointError, ConfigError, FewmaskWarning
+from fewmask.runlock import LOCK_NAME, acquire, locked, release
 
 
 class RunFolder:
@@ -35,10 +47,16 @@ class RunFolder:
     CONFIG = "config.yaml"
     RESULTS = "results.json"
     METRICS = "metrics.jsonl"
-    TENSORBOARD = "tensorboard"
+    TENSORBOARD = "tensorboard"  # where earlier runs wrote their events (still read)
+    RESUMES = "resumes.jsonl"
+    PREVIOUS = "checkpoint.prev.pt"
+    STOPPED = "stopped.json"
+    LOCK = LOCK_NAME
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self.loaded_from: Path | None = None  # the checkpoint load_checkpoint() used
+        self._rotate = True  # False once checkpoint.pt failed verification: never keep it
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -65,7 +83,38 @@ class RunFolder:
 
     @property
     def tensorboard(self) -> Path:
-        return self.path / self.TENSORBOARD
+        """The folder of the TensorBoard events: the run folder, so TensorBoard names the run
+        after it (a run that already has events in ``tensorboard/`` keeps them there)."""
+        legacy = self.path / self.TENSORBOARD
+        return legacy if any(legacy.glob("events.out.tfevents.*")) else self.path
+
+    @property
+    def resumes(self) -> Path:
+        return self.path / self.RESUMES
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.path / self.PREVIOUS
+
+    @property
+    def stopped(self) -> Path:
+        return self.path / self.STOPPED
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / self.LOCK
+
+    def lock(self) -> Path:
+        """Take the folder's lock until :meth:`unlock` (or the process ends); re-entrant."""
+        return acquire(self.path, self.LOCK)
+
+    def unlock(self) -> None:
+        release(self.path.resolve() / self.LOCK)
+
+    def locked(self) -> Any:
+        """``with run.locked():`` this process alone writes the folder (:mod:`fewmask.runlock`);
+        another process holding it is a RunLockedError naming it."""
+        return locked(self.path, self.LOCK)
 
     def create(self) -> None:
         """Make the folder (and its parents) if it does not exist."""
@@ -89,14 +138,91 @@ class RunFolder:
         self.checkpoint.unlink(missing_ok=True)
         self.discard_partial_checkpoints()
         self.results.unlink(missing_ok=True)
+        for path in [*self.test_results(), self.resumes, self.previous_checkpoint, self.stopped]:
+            path.unlink(missing_ok=True)
+
+    def discard_all(self) -> list[Path]:
+        """Remove every file of the run that fewmask names (checkpoints and their partial
+        writes, config copy, results, logs, TensorBoard events, lock, stop record), then the
+        folder if nothing else is left in it. Any other file stays. Returns what was removed."""
+        if not self.path.is_dir():
+            return []
+        legacy = self.path / self.TENSORBOARD
+        files = [
+            self.checkpoint,
+            self.previous_checkpoint,
+            self.config,
+            self.results,
+            self.metrics,
+            self.resumes,
+            self.stopped,
+            self.lock_file,
+            *self.test_results(),
+            *self.path.glob("events.out.tfevents.*"),
+            *legacy.glob("events.out.tfevents.*"),
+            *self.path.glob(".checkpoint.pt.*.tmp"),
+            *self.path.glob(".checkpoint.prev.pt.*.tmp"),
+        ]
+        removed = []
+        for path in files:
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+        for folder in (legacy, self.path):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: files fewmask did not write stay
+                pass
+        return removed
 
     # ------------------------------------------------------------------ checkpoint
     def load_checkpoint(self, what: str = "RUN_DIR") -> dict[str, Any]:
         """The run's checkpoint, on the CPU. A missing one is a ConfigError (``what`` names the
         argument that gave this folder); a corrupt one a CheckpointError."""
-        if not self.has_checkpoint():
+        try:
+            exists = self.path.exists()
+        except (OSError, ValueError) as exc:  # a NUL, an unencodable or too long name
+            raise ConfigError([f"{what}: {str(self.path)!r} is not a usable path: {exc}"]) from None
+        if not exists:
+            raise ConfigError([f"{what}: {self.path} does not exist"])
+        if not self.path.is_dir():
+            raise ConfigError([f"{what}: {self.path} is not a folder (give the run's folder)"])
+        if not self.has_checkpoint() and not self.previous_checkpoint.is_file():
             raise ConfigError([f"{what}: no checkpoint at {self.checkpoint}; {self._why_none()}"])
-        return load_checkpoint(self.checkpoint, map_location="cpu")
+        return self.verified_checkpoint()
+
+    def verified_checkpoint(self) -> dict[str, Any]:
+        """``checkpoint.pt``, verified; if it is missing or fails verification, the previous
+        one (``checkpoint.prev.pt``) with a FewmaskWarning naming both. ``loaded_from`` says
+        which was used; both failing is a CheckpointError naming both problems."""
+        try:
+            state = load_checkpoint(self.checkpoint, map_location="cpu")
+            self.loaded_from = self.checkpoint
+            return state
+        except CheckpointError as latest:
+            if not self.previous_checkpoint.is_file():
+                raise
+            try:
+                state = load_checkpoint(self.previous_checkpoint, map_location="cpu")
+            except CheckpointError as previous:
+                raise CheckpointError(f"{latest}; and the previous one: {previous}") from None
+            warnings.warn(
+                f"{latest}; using the previous checkpoint {self.previous_checkpoint} "
+                f"(iteration {state.get('iteration')}) instead",
+                FewmaskWarning,
+                stacklevel=2,
+            )
+            self.loaded_from = self.previous_checkpoint
+            self._rotate = False  # the next checkpoint replaces the bad one, not the good one
+            return state
+
+    def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        """Write ``checkpoint.pt`` atomically, keeping the one it replaces as
+        ``checkpoint.prev.pt``."""
+        previous = self.previous_checkpoint if self._rotate else None
+        save_checkpoint(state, self.checkpoint, previous=previous)
+        self._rotate = True
+        return self.checkpoint
 
     def stored_config(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """The config a checkpoint of this run was written with (plain data)."""
@@ -111,8 +237,35 @@ class RunFolder:
     def discard_partial_checkpoints(self) -> None:
         """Remove the temporary files of checkpoint writes cut short by a crash (on resume)."""
         discard_partial_writes(self.checkpoint)
+        discard_partial_writes(self.previous_checkpoint)
+
+    # ------------------------------------------------------------------ early stops
+    def write_stopped(self, iteration: int, reason: str) -> None:
+        """Record that training stopped early at ``iteration`` (``stopped.json``)."""
+        self.create()
+        info = {"iteration": iteration, "reason": reason, "time": time.time()}
+        self.stopped.write_text(json.dumps(info, indent=2) + "\n")
+
+    def read_stopped(self) -> dict[str, Any] | None:
+        """Why the last training stopped early, or None if it did not."""
+        try:
+            info = json.loads(self.stopped.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"iteration": None, "reason": f"{self.stopped} is unreadable"}
+        return info if isinstance(info, dict) else {"iteration": None, "reason": str(info)}
+
+    def clear_stopped(self) -> None:
+        self.stopped.unlink(missing_ok=True)
 
     def _why_none(self) -> str:
+        stopped = self.read_stopped()
+        if stopped is not None:
+            return (
+                f"training stopped at iteration {stopped.get('iteration')}, before its first "
+                f"checkpoint: {stopped.get('reason')}"
+            )
         if self.config.is_file():
             return (
                 "the run stopped before its first checkpoint; start it again with "
@@ -136,3 +289,26 @@ class RunFolder:
 
     def read_results(self) -> dict[str, Any]:
         return json.loads(self.results.read_text())
+
+    def write_test_results(self, results: Mapping[str, Any]) -> Path:
+        """Write the results of a later meta-test as ``test-<UTC time>.json`` beside the
+        training's ``results.json`` (which experiments reuse); returns the file."""
+        self.create()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        path, n = self.path / f"test-{stamp}.json", 2
+        while path.exists():
+            path, n = self.path / f"test-{stamp}-{n}.json", n + 1
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        return path
+
+    def test_results(self) -> list[Path]:
+        """The files of later meta-tests, oldest first."""
+        return sorted(self.path.glob("test-*.json"), key=lambda p: p.stat().st_mtime_ns)
+
+    def record_resume(self, iteration: int, changes: Mapping[str, Any]) -> Path:
+        """Append a resume (its iteration and the config values it changed) to ``resumes.jsonl``."""
+        self.create()
+        line = {"iteration": iteration, "time": time.time(), "changes": dict(changes)}
+        with self.resumes.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        return self.resumes

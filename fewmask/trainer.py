@@ -8,43 +8,49 @@ Compose it from Python objects::
 or from a config with :func:`fewmask.factory.build_trainer`. The Trainer attaches the masker to
 the backbone, so pass a fresh (unattached) masker.
 
+The Trainer is the loop, its logging and its checkpoints. With ``run_dir`` it writes its files
+through a :class:`fewmask.run.RunFolder`; the checkpoint holds the config it was built from, so
+:func:`fewmask.factory.build_run_trainer` rebuilds and resumes a run from the checkpoint alone.
+Allocator tuning and resizing the cross-domain sets happen where a run is built (the factory).
+
 Under ``torchrun`` the Trainer joins the process group and splits each meta-batch's tasks across
-the ranks (:mod:`fewmask.distributed`); rank 0 alone logs, prints and writes files.
+the ranks (:mod:`fewmask.engine.distributed`); rank 0 alone logs, prints and writes files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fewmask import distributed
-from fewmask.checkpoint import load_checkpoint, save_checkpoint
-from fewmask.config import TrainConfig, converter
-from fewmask.engine import EngineOptions, evaluate_episode, frozen_masks, meta_gradient
+from fewmask.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
+from fewmask.checks import check_backbone_fits, check_train_config
+from fewmask.config import TrainConfig
+from fewmask.engine import Engine, EngineOptions, distributed
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
+from fewmask.finite import check_meta_parameters, first_non_finite
 from fewmask.interfaces import (
     Backbone,
+    Episode,
     EpisodeSampler,
     FewShotDataset,
     InnerOptimizer,
     Masker,
     MetaObjective,
 )
-from fewmask.loggers import MetricLogger, NullLogger, RunLogger
-from fewmask.malloc import tune_glibc_malloc
+from fewmask.loggers import MetricLogger, NullLogger, RunLogger, run_config_text, run_hparams
 from fewmask.metrics import Accuracy, mask_sparsity
+from fewmask.options import converter
+from fewmask.pictures import mask_grid
 from fewmask.progress import Progress
-from fewmask.transforms import match_shape
+from fewmask.run import RunFolder
+from fewmask.threads import apply_threads
 
-CHECKPOINT = "checkpoint.pt"
-RESULTS = "results.json"
-RUN_CONFIG = "config.yaml"  # the resolved config, written by the CLI and by experiments
 EVAL_CHUNK = 100  # episodes drawn per vectorised sampler call at evaluation
 
 
@@ -62,68 +68,84 @@ class Trainer:
         train: TrainConfig | None = None,
         *,
         seed: int = 1,
-        run_dir: str | Path | None = None,
+        run_dir: str | Path | RunFolder | None = None,
         config: Any = None,
         cross_domain: Mapping[str, FewShotDataset] | None = None,
     ):
         self.train_config = train = train or TrainConfig()
-        self.engine_options = EngineOptions.fast() if train.engine == "fast" else None
-        if train.tune_malloc and not tune_glibc_malloc():
-            warnings.warn(
-                "train.tune_malloc: not a glibc system; the allocator is unchanged", stacklevel=2
-            )
+        check_train_config(train)  # e.g. iterations=0 from Python
         self.device = distributed.setup(train.device)  # cuda:LOCAL_RANK under torchrun
         self.dtype = getattr(torch, train.dtype)
         self.backbone, self.masker, self.inner = backbone, masker, inner
         self.objective, self.sampler, self.datasets = objective, sampler, dict(datasets)
         self.seed = seed
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run = RunFolder(run_dir) if run_dir is not None else None  # None: write nothing
         self.config = config  # plain data of the experiment config, stored in checkpoints
 
         self.cross_domain = dict(cross_domain or {})
         if "train" not in self.datasets:
             raise ConfigError(["$.dataset: the datasets need a 'train' split"])
         shape = self.datasets["train"].image_shape
-        for split, dataset in self.datasets.items():
+        for split, dataset in [*self.datasets.items(), *self.cross_domain.items()]:
             if dataset.image_shape != shape:
                 raise DatasetError(
                     f"{dataset.name}: split '{split}' has images of shape {dataset.image_shape}, "
-                    f"but the train split has {shape}; resize them to match"
+                    f"but the train split has {shape}; resize them to match "
+                    "(fewmask.transforms.match_shape)"
                 )
             sampler.check(dataset)
-        for label, dataset in self.cross_domain.items():
-            self.cross_domain[label] = match_shape(dataset, shape)
-            sampler.check(self.cross_domain[label])
+        check_backbone_fits(backbone, shape, getattr(sampler, "ways", None))
+        # process-wide; recorded in the results and the TensorBoard config
+        self.threads = apply_threads(train.threads, backbone, shape, sampler, self.device)
         masker.attach(backbone)
         backbone.to(self.device, self.dtype)
         masker.to(self.device, self.dtype)
-        self.meta_params = objective.meta_parameters(backbone, masker)
+        if train.data_on_device:  # episodes cut out where the model runs; the same draws
+            self.datasets = {k: d.to(self.device) for k, d in self.datasets.items()}
+            self.cross_domain = {k: d.to(self.device) for k, d in self.cross_domain.items()}
+        options = EngineOptions.fast() if train.engine == "fast" else None
+        self.engine = Engine(backbone, masker, inner, objective, options)
+        self.meta_params = self.engine.meta_params
         if not self.meta_params:
             raise ConfigError(["$.objective: it selected no meta-parameters to learn"])
         self.optimizer = objective.build_optimizer(list(self.meta_params.values()))
-        self.learning_rates = inner.learning_rates(backbone)
+        self.scheduler = objective.build_scheduler(self.optimizer, train.iterations)
+        self._last_lr = self.scheduler.get_last_lr()[0]  # the rate of the last update, logged
         self.generator = torch.Generator().manual_seed(seed)
         self.iteration = 0
-        self._last_lr = self.objective.learning_rate(0, train.iterations)
         self.logger: MetricLogger = NullLogger()
         self._sync_ranks()
 
     # ---------------------------------------------------------------- meta-training
     def fit(self) -> dict[str, Any]:
-        """Meta-train to ``train.iterations``, then meta-test; returns the results dict."""
+        """Meta-train to ``train.iterations``, then meta-test; returns the results dict.
+
+        With a run folder, this process holds its lock meanwhile (another process writing the
+        same folder is a RunLockedError); a non-finite value stops the run with NonFiniteError
+        and is recorded in the folder's ``stopped.json``."""
         cfg = self.train_config
-        self._open_logger()
+        hold = ExitStack()
+        if self.run is not None and distributed.is_main():
+            hold.enter_context(self.run.locked())
+            self.run.clear_stopped()
+        warned = False
         try:
+            self._open_logger()
             show = cfg.progress and distributed.is_main()
             with Progress(cfg.iterations, "meta-train", self.iteration, show) as bar:
                 while self.iteration < cfg.iterations:
-                    loss, accuracy = self.train_step()
+                    stats = self.train_step()
                     it = self.iteration  # iterations done
                     if it % cfg.log_every == 0 or it == cfg.iterations:
-                        self._log_train(it, loss, accuracy)
-                    if it % cfg.histogram_every == 0:
+                        self._log_train(it, stats)
+                        lr = self._last_lr
+                        warned = check_meta_parameters(self.meta_params, it - 1, lr, warned)
+                    if it % cfg.histogram_every == 0 or it == cfg.iterations:
                         for name, score in self.masker.meta_parameters().items():
                             self.logger.histogram(f"scores/{name}", score, it)
+                    every = cfg.mask_image_every
+                    if every and (it % every == 0 or it == cfg.iterations):
+                        self._log_mask_picture(it)
                     if cfg.val_episodes and it % cfg.val_every == 0 and "val" in self.datasets:
                         val = self.evaluate("val", cfg.val_episodes, seed=self._val_seed(it))
                         self.logger.scalar("val/accuracy", val.mean, it)
@@ -132,72 +154,71 @@ class Trainer:
                     if due and self.run_dir is not None:
                         self.logger.flush()  # metrics up to the checkpoint survive a crash
                         self.save()
-                    bar.update(it, f"loss {loss:.3f} acc {accuracy:.3f}")
+                    bar.update(it, " ".join(f"{k} {v:.3f}" for k, v in stats.items()))
             results = self.test()
+            self._log_results(results)
+        except NonFiniteError as exc:
+            if self.run is not None and distributed.is_main():
+                self.run.write_stopped(self.iteration, str(exc))
+            raise
         finally:
             self.logger.close()
             self.logger = NullLogger()
+            hold.close()
         return results
 
-    def train_step(self) -> tuple[float, float]:
-        """One outer iteration: lr for this iteration, B tasks, meta-gradient, update.
+    def train_step(self, batch: Sequence[Episode] | None = None) -> dict[str, float]:
+        """One outer iteration on ``batch`` (default: B tasks drawn from the train split).
 
-        Every rank draws all B tasks (so the episode stream is the same everywhere) and
-        differentiates its share; the reduced gradient is the mean over all B tasks.
+        The engine's mean meta-gradient goes into the meta-parameters' ``.grad``, the optimizer
+        and then the objective's scheduler step. Returns the mean query ``loss`` and the
+        objective's metrics. Under torchrun every rank draws (or is given) all B tasks and the
+        engine differentiates this rank's share.
         """
-        it, cfg = self.iteration, self.train_config
-        lr = self.objective.learning_rate(it, cfg.iterations)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        batch = self.sampler.sample_many(
-            self.datasets["train"], self.generator, cfg.meta_batch_size
-        )
-        mine = [batch[i].to(self.device, self.dtype) for i in distributed.share(len(batch))]
-        loss = accuracy = 0.0
-        if mine:  # a rank may have no task when B < world size
-            with distributed.isolated_rng(self.device):
-                stats = meta_gradient(
-                    self.backbone,
-                    self.masker,
-                    self.inner,
-                    self.meta_params,
-                    mine,
-                    self.learning_rates,
-                    self.engine_options,
-                )
-            loss, accuracy = stats.loss, stats.accuracy
-        loss, accuracy = distributed.reduce_meta_gradients(
-            self.meta_params.values(), loss, accuracy, len(mine), len(batch)
-        )
-        self._check_finite(it, loss)  # the same verdict on every rank
+        it = self.iteration
+        if batch is None:
+            batch = self.sampler.sample_many(
+                self.datasets["train"], self.generator, self.train_config.meta_batch_size
+            )
+        result = self.engine.meta_step(batch)  # no host synchronisation inside
+        values = [result.loss, *result.metrics.values()]
+        if result.grads:  # whether every gradient is finite, read together with the stats
+            finite = [torch.isfinite(g).all() for g in result.grads.values()]
+            values.append(torch.stack(finite).all())
+        read = torch.stack([v.to(result.loss.device, torch.float64) for v in values]).tolist()
+        stats = dict(zip(["loss", *result.metrics], read))  # one host sync per iteration
+        finite = not result.grads or read[-1] == 1.0
+        # the same verdict on every rank; the gradients are searched only if one is not finite
+        self._check_finite(it, stats["loss"], {} if finite else result.grads)
+        for name, param in self.meta_params.items():
+            param.grad = result.grads.get(name)
+        self._last_lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        self.scheduler.step()
         self.masker.on_outer_step(it, self.backbone)
         self.iteration = it + 1
-        self._last_lr = lr
-        return loss, accuracy
+        return stats
 
-    def _check_finite(self, it: int, loss: float) -> None:
+    def _check_finite(self, it: int, loss: float, grads: Mapping[str, torch.Tensor]) -> None:
         if not math.isfinite(loss):
             raise NonFiniteError(
                 f"meta-training loss is {loss} at iteration {it}; the last good checkpoint "
                 f"is kept{f' in {self.run_dir}' if self.run_dir else ''}"
             )
-        grads = [p.grad for p in self.meta_params.values() if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
             return  # one device sync per iteration; find the culprit only when something is off
-        for name, param in self.meta_params.items():
-            if param.grad is not None and not torch.isfinite(param.grad).all():
+        for name, grad in grads.items():
+            if not torch.isfinite(grad).all():
                 raise NonFiniteError(
                     f"meta-gradient of {name!r} is not finite at iteration {it}; the last good "
                     f"checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}"
                 )
 
-    def _log_train(self, it: int, loss: float, accuracy: float) -> None:
+    def _log_train(self, it: int, stats: Mapping[str, float]) -> None:
         if not distributed.is_main():
             return
-        self.logger.scalar("train/loss", loss, it)
-        self.logger.scalar("train/accuracy", accuracy, it)
+        for name, value in stats.items():
+            self.logger.scalar(f"train/{name}", value, it)
         self.logger.scalar("train/lr", self._last_lr, it)
         per_layer, overall = mask_sparsity(self.masker)
         if per_layer:
@@ -217,15 +238,17 @@ class Trainer:
         dataset: FewShotDataset | None = None,
         progress: bool = False,
     ) -> Accuracy:
-        """Mean query accuracy after ``inner.test_steps`` on ``episodes`` seeded episodes.
+        """Mean query accuracy (and every metric) after test-time adaptation on ``episodes``
+        seeded episodes.
 
         Under torchrun every rank must call it: each evaluates its share of every chunk, and
         the per-episode results are gathered in order, so all ranks return the one-process value.
         """
         dataset = dataset or self.datasets[split]
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        masks = frozen_masks(self.masker)
-        rows = torch.zeros(episodes, 2, dtype=torch.float64)  # (loss, accuracy) per episode
+        masks = self.engine.frozen_masks()
+        rows: list[tuple[int, list[float]]] = []  # (episode index, [loss, *metrics])
+        names: list[str] = []
         done = 0
         show = progress and distributed.is_main()
         with Progress(episodes, f"meta-test {split}", enabled=show) as bar:
@@ -234,23 +257,22 @@ class Trainer:
                     dataset, generator, min(EVAL_CHUNK, episodes - done)
                 )
                 for i in distributed.share(len(chunk)):
-                    rows[done + i] = torch.tensor(
-                        evaluate_episode(
-                            self.backbone,
-                            masks,
-                            self.inner,
-                            chunk[i].to(self.device, self.dtype),
-                            self.learning_rates,
-                        ),
-                        dtype=torch.float64,
-                    )
+                    loss, metrics = self.engine.evaluate(chunk[i], masks)
+                    names = names or list(metrics)
+                    rows.append((done + i, [loss.item(), *(metrics[n].item() for n in names)]))
                 done += len(chunk)
                 bar.update(done)
-        losses, accuracies = distributed.sum_over_ranks(rows).T.tolist()
-        return Accuracy.from_episodes(accuracies, losses)
+        names = distributed.broadcast_object(names)  # rank 0 evaluated at least one episode
+        table = torch.zeros(episodes, 1 + len(names), dtype=torch.float64)
+        for i, values in rows:
+            table[i] = torch.tensor(values, dtype=torch.float64)
+        losses, *columns = distributed.sum_over_ranks(table).T.tolist()
+        metrics = dict(zip(names, columns))
+        return Accuracy.from_episodes(metrics["accuracy"], losses, metrics)
 
-    def test(self, episodes: int | None = None) -> dict[str, Any]:
-        """Meta-test on the fixed, seeded test episodes; writes ``results.json`` in the run dir."""
+    def test(self, episodes: int | None = None, *, write_results: bool = True) -> dict[str, Any]:
+        """Meta-test on the fixed, seeded test episodes; writes the run folder's results (unless
+        ``write_results`` is false: ``fewmask test`` writes them beside, never over them)."""
         episodes = episodes or self.train_config.test_episodes
         split = "test" if "test" in self.datasets else "train"
         result = self.evaluate(split, episodes, progress=self.train_config.progress)
@@ -267,6 +289,7 @@ class Trainer:
             "shots": self.sampler.shots,
             "queries": self.sampler.queries,
             "seed": self.seed,
+            "threads": self.threads.threads,
         }
         if self.cross_domain:
             results["cross_domain"] = {}
@@ -279,8 +302,8 @@ class Trainer:
                 "ci95": other.ci95,
                 "episodes": other.episodes,
             }
-        if self.run_dir is not None and distributed.is_main():
-            (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+        if write_results and self.run is not None and distributed.is_main():
+            self.run.write_results(results)
         return results
 
     # ---------------------------------------------------------------- checkpoints
@@ -293,6 +316,7 @@ class Trainer:
             "backbone": self.backbone.state_dict(),
             "masker": self.masker.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
@@ -303,11 +327,23 @@ class Trainer:
         self.backbone.load_state_dict(state["backbone"])
         self.masker.load_state_dict(state["masker"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._load_scheduler(state)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self._sync_ranks()  # e.g. rank 0's own GPU stream continues on every rank's GPU
+
+    def _load_scheduler(self, state: Mapping[str, Any]) -> None:
+        """The scheduler's saved state; a checkpoint from before it was saved continues the
+        schedule from its iteration (the built-in schedules are functions of the iteration)."""
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+            return
+        self.scheduler.last_epoch = self.iteration - 1
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": restoring
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
 
     def _sync_ranks(self) -> None:
         """Under torchrun: every rank continues from rank 0's model, seed and random streams
@@ -331,34 +367,80 @@ class Trainer:
             torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the checkpoint atomically (default: ``RUN_DIR/checkpoint.pt``).
+        """Write the checkpoint atomically (default: the run folder's ``checkpoint.pt``, the one
+        it replaces kept as ``checkpoint.prev.pt``).
 
-        Under torchrun every rank calls it and returns once rank 0 (all ranks hold the same
-        state) has written the file.
+        Only a finite state is written: a NaN or Inf in the weights, scores or optimizer state
+        raises NonFiniteError and leaves the last checkpoint as it is. Under torchrun every rank
+        calls it and returns once rank 0 (all ranks hold the same state) has written the file.
         """
-        target = Path(path) if path else self._require_run_dir() / CHECKPOINT
+        target = Path(path) if path else self._require_run().checkpoint
         if distributed.is_main():
-            save_checkpoint(self.state_dict(), target)
+            state = self.state_dict()
+            learned = {  # the masker's buffers may hold infinities by design (a threshold)
+                "backbone": state["backbone"],
+                "masker": dict(self.masker.named_parameters()),
+                "optimizer": state["optimizer"],
+            }
+            bad = first_non_finite(learned)
+            if bad is not None:
+                raise NonFiniteError(
+                    f"not writing the checkpoint of iteration {self.iteration}: {bad} is not "
+                    f"finite; the last checkpoint ({target}) is kept"
+                )
+            if path:
+                save_checkpoint(state, target)
+            else:
+                self._require_run().save_checkpoint(state)
         distributed.barrier()
         return target
 
     def resume(self, path: str | Path | None = None) -> None:
-        """Load a checkpoint (default: ``RUN_DIR/checkpoint.pt``) and continue from it."""
-        source = Path(path) if path else self._require_run_dir() / CHECKPOINT
-        self.load_state_dict(load_checkpoint(source, map_location=self.device))
-        for stale in source.parent.glob(f".{source.name}.*.tmp"):  # a write cut short by a crash
-            stale.unlink()
+        """Load a checkpoint (default: the run folder's ``checkpoint.pt``, or
+        ``checkpoint.prev.pt`` with a warning if that one fails verification) and continue.
 
-    def _require_run_dir(self) -> Path:
-        if self.run_dir is None:
+        The checkpoint must come from a Trainer built alike; to rebuild one from the config a
+        checkpoint holds, use :func:`fewmask.factory.build_run_trainer`."""
+        if path:
+            self.load_state_dict(load_checkpoint(path))  # on the CPU; load_state_dict moves it
+            discard_partial_writes(path)  # what a crash during a checkpoint write left behind
+            return
+        run = self._require_run()
+        self.load_state_dict(run.verified_checkpoint())
+        run.discard_partial_checkpoints()
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder's path (None: the Trainer writes nothing)."""
+        return self.run.path if self.run is not None else None
+
+    def _require_run(self) -> RunFolder:
+        if self.run is None:
             raise ConfigError(["$.run_dir: this Trainer has no run directory"])
-        return self.run_dir
+        return self.run
 
     def _open_logger(self) -> None:
-        if self.run_dir is None or not distributed.is_main():
+        if self.run is None or not distributed.is_main():
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run.create()
         # drop whatever an earlier process logged after the point this one starts from
-        self.logger = RunLogger(
-            self.run_dir, resume_step=self.iteration + 1 if self.iteration else 0
-        )
+        self.logger = RunLogger(self.run, resume_step=self.iteration + 1 if self.iteration else 0)
+        text = run_config_text(self.config, self.train_config, self.threads)
+        self.logger.text("config", text, self.iteration)  # a resumed run: its config from here
+
+    def _log_mask_picture(self, iteration: int) -> None:
+        """The first masked layer's mask, unit by unit in the input's shape (masking runs)."""
+        if isinstance(self.logger, NullLogger):
+            return
+        masks = self.engine.frozen_masks()
+        if masks:
+            name, mask = next(iter(masks.items()))
+            image = mask_grid(mask.cpu(), self.datasets["train"].image_shape)
+            self.logger.image(f"masks/{name}", image, iteration)
+
+    def _log_results(self, results: Mapping[str, Any]) -> None:
+        """The meta-test as scalars and, with the hyperparameters, in TensorBoard's HParams."""
+        metrics = {f"test/{k}": results[k] for k in ("accuracy", "ci95", "loss", "sparsity")}
+        for tag, value in metrics.items():
+            self.logger.scalar(tag, value, self.iteration)
+        self.logger.hparams(run_hparams(self.config, self.train_config, self.threads), metrics)

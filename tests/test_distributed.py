@@ -268,4 +268,4 @@ def test_cli_train_under_torchrun_equals_one_process(launch):
     for x, y in zip(*lines):  # the engine averages task accuracies in float32
         rel = 1e-6 if x["tag"] == "train/accuracy" else TOLERANCE
         assert x["value"] == pytest.approx(y["value"], rel=rel, abs=TOLERANCE), x
-    assert len(list((multi / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list(multi.glob("events.out.tfevents.*"))) == 1

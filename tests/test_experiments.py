@@ -12,8 +12,9 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from fewmask import create
+from fewmask import ConfigError, create
 from fewmask.cli import main
+from fewmask.experiments.mask_pictures import tile_images
 from fewmask.experiments.methods import method_patch
 from fewmask.experiments.plots import nice_ticks
 from fewmask.experiments.task_gradient import TaskGradientProbe, default_layer
@@ -199,6 +200,15 @@ def test_mask_pictures_draw_the_first_layer_in_the_input_shape(base_config, tmp_
     assert (run_dir / "results.json").read_text() == finished  # the drawn run is left as it was
 
 
+def test_mask_pictures_tile_like_torchvision_without_needing_it():
+    make_grid = pytest.importorskip("torchvision.utils").make_grid
+    generator = torch.Generator().manual_seed(0)
+    for shape, nrow in [((5, 1, 4, 3), 2), ((1, 1, 4, 3), 1), ((7, 3, 2, 5), 3), ((3, 3, 2, 2), 8)]:
+        images = torch.rand(shape, generator=generator)
+        expected = make_grid(images, nrow=nrow, padding=1, pad_value=0.5)
+        assert torch.equal(tile_images(images, nrow), expected), shape
+
+
 def test_probe_statistic_matches_a_hand_computation():
     torch.manual_seed(0)
     shape, ways, lr, steps = (1, 3, 3), 3, 0.3, 2
@@ -213,6 +223,7 @@ def test_probe_statistic_matches_a_hand_computation():
     layer = default_layer(backbone)
     assert layer == "features.2.linear.weight"
     probe = TaskGradientProbe(inner, layer, masker)
+    probe.attach(backbone)
     probe.recording = True
     x = torch.randn(2 * ways, *shape, dtype=torch.float64)
     y = torch.arange(ways).repeat(2)
@@ -223,7 +234,7 @@ def test_probe_statistic_matches_a_hand_computation():
     def loss_fn(p):
         return F.cross_entropy(reference_mlp_forward(p, masks, episode.support_x), y)
 
-    probe.adapt(params, loss_fn, inner.learning_rates(backbone), steps, create_graph=False)
+    probe.adapt(params, loss_fn, training=True)
 
     fast, summed = dict(params), torch.zeros_like(params[layer])
     for _ in range(steps):  # by hand: plain SGD, gradients summed over the steps
@@ -251,8 +262,7 @@ def test_method_patches_follow_the_paper_settings():
     assert boil["masker"] == base["masker"]
     iterand = method_patch("metaticket_iterand", base, iterand_period=7)["masker"]["options"]
     assert iterand == {
-        "base": "metaticket",
-        "base_options": {"init_sparsity": 0.2},
+        "base": {"name": "metaticket", "options": {"init_sparsity": 0.2}},
         "period": 7,
         "rate": 1.0,
     }
@@ -269,7 +279,7 @@ def test_method_patches_follow_the_paper_settings():
         (
             "mask-pictures",
             "run_dir=/nowhere",
-            "$.experiment.run_dir: /nowhere has no checkpoint.pt",
+            "$.experiment.run_dir: /nowhere does not exist",
         ),
     ],
 )
@@ -304,3 +314,18 @@ def test_nice_ticks_cover_the_range():
     for low, high in [(15.4, 70.6), (0.0, 1.0), (0.013, 0.0139), (5.0, 5.0), (-3.0, 2.0)]:
         ticks = nice_ticks(low, high)
         assert ticks[0] <= low and ticks[-1] >= high and len(ticks) >= 2
+
+
+def test_probe_needs_plain_sgd_steps_on_an_adapted_layer():
+    backbone = create(
+        "backbone", "omniglot_mlp", {"hidden": [5, 4]}, input_shape=(1, 3, 3), num_classes=3
+    )
+    masker = create("masker", "dense")
+    layer = default_layer(backbone)
+    inner = create("inner_optimizer", "sgd")
+    probe = TaskGradientProbe(inner, layer, masker)
+    assert probe.plain_sgd(training=True) is None, "the engine must run adapt() through it"
+    with pytest.raises(ConfigError, match="plain SGD"):
+        TaskGradientProbe(probe, layer, masker).attach(backbone)
+    with pytest.raises(ConfigError, match="not adapted"):
+        TaskGradientProbe(inner, "no.such.weight", masker).attach(backbone)

@@ -21,6 +21,7 @@ import torch
 
 from fewmask.checkpoint import load_checkpoint
 from fewmask.cli import main
+from fewmask.run import RunFolder
 
 CONFIG = """
 seed: 4
@@ -35,7 +36,7 @@ train: {iterations: 60, val_every: 7, val_episodes: 3, test_episodes: 20, checkp
 def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(RunFolder(run_dir).tensorboard))
     events.Reload()
     return {
         tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
@@ -217,7 +218,7 @@ def test_the_run_folder_names_every_file_and_cleans_up_partial_writes(tmp_path):
         "results.json",
         "metrics.jsonl",
     ]
-    assert run.tensorboard == run.path / "tensorboard"
+    assert run.tensorboard == run.path  # TensorBoard names the run after its folder
     run.write_results({"accuracy": 0.5})
     assert run.holds_run() and run.read_results() == {"accuracy": 0.5}
     run.write_config({"seed": 3, "train": {"iterations": 2}})

@@ -13,6 +13,7 @@ from fewmask import (
     CheckpointError,
     DatasetError,
     EngineOptions,
+    FewmaskWarning,
     NonFiniteError,
     TrainConfig,
     Trainer,
@@ -88,6 +89,11 @@ def test_checkpoint_holds_everything_and_corruption_is_detected(tmp_path):
     assert not list(tmp_path.glob(".checkpoint.pt.*.tmp")), "no temporary files left behind"
     data = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    resumed = make_trainer(tmp_path)
+    with pytest.warns(FewmaskWarning, match="truncated or corrupt.*; using the previous"):
+        resumed.resume()  # the checkpoint before it, kept beside it
+    assert resumed.iteration == 3
+    (tmp_path / "checkpoint.prev.pt").unlink()
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         make_trainer(tmp_path).resume()
     with pytest.raises(CheckpointError, match="no checkpoint"):
@@ -98,7 +104,7 @@ def test_tensorboard_events_and_metrics_are_written(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     make_trainer(tmp_path).fit()
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})  # in the run folder
     events.Reload()
     tags = events.Tags()
     for tag in [
@@ -186,6 +192,9 @@ def test_cli_train_resume_and_test(tmp_path, capsys):
 
 def test_cli_resume_and_test_need_a_checkpoint(tmp_path, capsys):
     nowhere = tmp_path / "nowhere"
+    assert main(["test", str(nowhere)]) == 2
+    assert f"RUN_DIR: {nowhere} does not exist" in capsys.readouterr().err
+    nowhere.mkdir()
     assert main(["test", str(nowhere)]) == 2
     err = capsys.readouterr().err
     assert f"RUN_DIR: no checkpoint at {nowhere / 'checkpoint.pt'}" in err

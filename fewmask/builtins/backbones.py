@@ -186,6 +186,7 @@ class MLP(LinearHeadBackbone):
         super().__init__()
         require_valid(config)
         self.config = config
+        self.input_shape = tuple(input_shape)  # checked against the data by the Trainer
         sizes = [math.prod(input_shape), *hidden_units(config)]
         self.features = nn.Sequential(
             nn.Flatten(),

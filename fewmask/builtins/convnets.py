@@ -116,6 +116,7 @@ class Conv4(LinearHeadBackbone):
         require_valid(config)
         _check_image_size("conv4", input_shape, pools=4)
         self.config = config
+        self.input_shape = tuple(input_shape)  # checked against the data by the Trainer
         channels, height, width = input_shape
         self.features = nn.Sequential(
             *(
@@ -212,6 +213,7 @@ class ResNet12(LinearHeadBackbone):
         channels = tuple(config.channels)
         _check_image_size("resnet12", input_shape, pools=4)
         self.config = config
+        self.input_shape = tuple(input_shape)  # checked against the data by the Trainer
         widths = (input_shape[0], *channels)
         self.layer1 = ResidualBlock(widths[0], widths[1], config.bn_eps)
         self.layer2 = ResidualBlock(widths[1], widths[2], config.bn_eps)
@@ -349,6 +351,7 @@ class WideResNet(LinearHeadBackbone):
                 [f"$.backbone: wrn needs images of shape (C, H, W), got {tuple(input_shape)}"]
             )
         self.config = config
+        self.input_shape = tuple(input_shape)  # checked against the data by the Trainer
         self.features = WideResNetBody(
             input_shape[0],
             config.depth,

@@ -21,7 +21,9 @@ import torch
 
 from fewmask.config import TrainConfig
 from fewmask.errors import ConfigError
+from fewmask.experiments.outputs import discard_outputs, record
 from fewmask.options import structure_config
+from fewmask.progress import labelled
 from fewmask.resolve import ResolvedConfig, plain_config
 from fewmask.run import RunFolder
 from fewmask.session import resolve as resolve_config
@@ -103,10 +105,31 @@ class Variant:
 class Experiment:
     """The base config, the output folder and the helpers an experiment's ``run`` uses."""
 
-    def __init__(self, name: str, base: Mapping[str, Any], out: Path, progress: bool = True):
+    def __init__(
+        self,
+        name: str,
+        base: Mapping[str, Any],
+        out: Path,
+        progress: bool = True,
+        force: bool = False,
+    ):
         self.name, self.base, self.out = name, dict(base), Path(out)
         self.progress = progress
+        self.force = force  # start over: remove what an earlier run of it wrote, once validated
         self._writer = None
+
+    def record(self, *paths: Path) -> None:
+        """List ``paths`` (inside OUT) as written by this experiment, for ``--force``
+        (:mod:`fewmask.experiments.outputs`); every helper here records what it writes."""
+        self._start_over()
+        record(self.out, self.name, paths)
+
+    def _start_over(self) -> None:
+        """With ``force``, remove the outputs an earlier run wrote (only those), once: after
+        the variants are validated, before anything is written."""
+        if self.force:
+            self.force = False
+            discard_outputs(self.out)
 
     # -------------------------------------------------------------- variants
     def variant(
@@ -135,6 +158,7 @@ class Experiment:
                 problems += [f"variant {variant.label}: {p}" for p in exc.problems]
         if problems:
             raise ConfigError(problems)
+        self._start_over()
 
     def check_saved(self, variant: Variant) -> ResolvedConfig:
         """The variant's resolved config; a different one already in its folder is an error.
@@ -158,8 +182,10 @@ class Experiment:
         """The variant's Trainer, resumed from its checkpoint if there is one."""
         from fewmask.session import build_trainer
 
+        self._start_over()
         resolved = self.check_saved(variant)
         trainer = build_trainer(resolved)
+        self.record(variant.run.path)
         variant.run.write_config(plain_config(resolved))
         if variant.run.has_checkpoint():
             trainer.resume()
@@ -167,11 +193,13 @@ class Experiment:
 
     def run_variant(self, variant: Variant) -> dict[str, Any]:
         """Train (unless ``variant.train`` is false) and meta-test; reuse finished results."""
+        self._start_over()
         if variant.run.has_results():
             self.check_saved(variant)
             return variant.run.read_results()
-        trainer = self.build(variant)
-        return trainer.fit() if variant.train else trainer.test()
+        with labelled(f"[{self.name}: {variant.label}]"):  # progress bars name the variant
+            trainer = self.build(variant)
+            return trainer.fit() if variant.train else trainer.test()
 
     # -------------------------------------------------------------- outputs
     @property
@@ -180,13 +208,14 @@ class Experiment:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            self.record(self.out / "tensorboard")
             self._writer = SummaryWriter(str(self.out / "tensorboard"))
         return self._writer
 
     def write_table(self, stem: str, rows: Sequence[Mapping[str, Any]], markdown: str) -> None:
         """``OUT/<stem>.csv`` (every row and column) and ``OUT/<stem>.md``; the table also goes
         to TensorBoard as text."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.record(self.out / f"{stem}.csv", self.out / f"{stem}.md")
         columns = list(dict.fromkeys(key for row in rows for key in row))
         with open(self.out / f"{stem}.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
@@ -197,8 +226,8 @@ class Experiment:
 
     def write_image(self, stem: str, image) -> Path:
         """Save a PIL image as ``OUT/<stem>.png`` and add it to TensorBoard."""
-        self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / f"{stem}.png"
+        self.record(path)
         image.save(path)
         pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
         self.writer.add_image(stem, pixels.view(image.height, image.width, 3), dataformats="HWC")

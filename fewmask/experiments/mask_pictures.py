@@ -21,6 +21,8 @@ from torch import Tensor
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import Experiment, markdown_table, register
 from fewmask.options import option
+from fewmask.pictures import tile_images
+from fewmask.pictures import unit_pictures as _unit_pictures
 from fewmask.trainer import Trainer
 
 
@@ -37,38 +39,17 @@ class MaskPicturesSettings:
 
 
 def unit_pictures(mask: Tensor, input_shape: tuple[int, ...]) -> Tensor:
-    """Masks as images ``[units, C, H, W]``: a Linear row as the input image, a conv filter as
-    its kernel."""
-    if mask.dim() == 2 and mask.shape[1] == math.prod(input_shape):
-        return mask.reshape(mask.shape[0], *input_shape)
-    if mask.dim() == 4:
-        return mask
-    raise ConfigError(
-        [
-            f"$.experiment.layer: a mask of shape {tuple(mask.shape)} cannot be drawn as "
-            f"{tuple(input_shape)} images; pick the first layer"
-        ]
-    )
-
-
-def tile_images(images: Tensor, nrow: int, padding: int = 1, pad_value: float = 0.5) -> Tensor:
-    """Images ``[N, C, H, W]`` (C: 1 or 3) tiled ``nrow`` to a row into one RGB image, with
-    ``padding`` pixels of ``pad_value`` around each; a single image comes back unpadded (the
-    layout of ``torchvision.utils.make_grid``, without needing torchvision)."""
-    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-    if len(images) == 1:
-        return images[0]
-    count, channels, height, width = images.shape
-    columns = min(nrow, count)
-    rows = math.ceil(count / columns)
-    step_y, step_x = height + padding, width + padding
-    size = (channels, rows * step_y + padding, columns * step_x + padding)
-    out = images.new_full(size, pad_value)
-    for k, image in enumerate(images):
-        y, x = divmod(k, columns)
-        top, left = y * step_y + padding, x * step_x + padding
-        out[:, top : top + height, left : left + width] = image
-    return out
+    """Masks as images ``[units, C, H, W]`` (:func:`fewmask.pictures.unit_pictures`); a mask
+    that is not the first layer's is an error."""
+    pictures = _unit_pictures(mask, input_shape)
+    if pictures is None:
+        raise ConfigError(
+            [
+                f"$.experiment.layer: a mask of shape {tuple(mask.shape)} cannot be drawn as "
+                f"{tuple(input_shape)} images; pick the first layer"
+            ]
+        )
+    return pictures
 
 
 def _picture(images: Tensor, scale: int, nrow: int) -> Image.Image:

@@ -16,7 +16,12 @@ import attrs
 import torch
 from torch import nn
 
-from fewmask import Backbone, ComponentRef, Masker, component, option
+from fewmask import Backbone, ComponentRef, ConfigError, Masker, component, option
+
+NO_SCORES = (
+    "iterand re-draws the weights its base masker prunes, but {name!r} has no scores and prunes "
+    "nothing; wrap a masker with scores, e.g. metaticket"
+)
 
 
 @attrs.frozen
@@ -26,10 +31,15 @@ class IteRandConfig:
     base: ComponentRef = component(
         "masker",
         "metaticket",
-        help="the masker to wrap, {name: ..., options: {...}} (any masker with masks)",
+        help="the masker to wrap, {name: ..., options: {...}}; one with scores (not dense)",
     )
     period: int = option(1000, ge=1, help="re-randomise every this many outer iterations")
     rate: float = option(1.0, ge=0, le=1, help="probability that a pruned weight is re-drawn")
+
+    def check(self) -> dict[str, str]:
+        if self.base.name == "dense":  # a masker of another kind is checked when it is attached
+            return {"base": NO_SCORES.format(name="dense")}
+        return {}
 
 
 class IteRandMasker(Masker):
@@ -45,6 +55,9 @@ class IteRandMasker(Masker):
 
     def attach(self, backbone: Backbone) -> None:
         self.base.attach(backbone)
+        if not self.base.meta_parameters():
+            name = self.config.base.name
+            raise ConfigError([f"$.masker.options.base: {NO_SCORES.format(name=name)}"])
 
     def masks(self) -> dict[str, torch.Tensor]:
         return self.base.masks()

@@ -1,0 +1,84 @@
+"""Which config changes an existing run accepts: ``-o`` overrides on ``--resume`` and ``test``.
+
+A resumed run continues the same meta-training: overrides may say how long and how it continues
+(:data:`RESUMABLE`), never what is trained (model, data, episodes, objective, seed). ``fewmask
+test`` may also change the episodes and the inner loop's test steps, but not the model
+(:data:`TEST_FIXED`): its checkpoint could not be loaded into another one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fewmask.errors import ConfigError
+
+RESUMABLE = (
+    "train.iterations",
+    "train.val_every",
+    "train.val_episodes",
+    "train.test_episodes",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.histogram_every",
+    "train.mask_image_every",
+    "train.progress",
+    "train.device",
+    "train.engine",
+    "train.tune_malloc",
+    "train.threads",
+    "test_datasets",
+    "dataset.options.root",
+    "dataset.options.cache_dir",
+)
+"""Config paths a resumed run may change (each with everything below it)."""
+
+TEST_FIXED = ("backbone", "masker", "objective")
+"""Config paths ``fewmask test -o`` may not change: the checkpoint holds their state."""
+
+_MISSING = "(not set)"
+
+
+def changed_values(before: Any, after: Any, path: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{dotted path: (old, new)}`` for every value that differs between two plain configs
+    (mappings are compared key by key, anything else as a whole)."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        changes: dict[str, tuple[Any, Any]] = {}
+        for key in [*before, *(k for k in after if k not in before)]:
+            where = f"{path}.{key}" if path else str(key)
+            changes |= changed_values(before.get(key, _MISSING), after.get(key, _MISSING), where)
+        return changes
+    return {} if before == after else {path: (before, after)}
+
+
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in prefixes)
+
+
+def check_resume_changes(changes: Mapping[str, tuple[Any, Any]], what: str = "--resume") -> None:
+    """Refuse, naming each, the changes a resumed run may not make."""
+    refused = [p for p in changes if not _under(p, RESUMABLE)]
+    if refused:
+        problems = [
+            f"$.{p}: {changes[p][0]!r} -> {changes[p][1]!r} would change the run's model, data "
+            "or objective"
+            for p in refused
+        ]
+        problems.append(
+            f"{what} may change only: {', '.join(RESUMABLE)}; to change anything else, "
+            "start a new run (fewmask train CONFIG --run-dir NEW_DIR)"
+        )
+        raise ConfigError(problems)
+
+
+def check_test_changes(changes: Mapping[str, tuple[Any, Any]], what: str = "RUN_DIR") -> None:
+    """Refuse, naming each, the changes that would make the checkpoint another model's."""
+    refused = [p for p in changes if _under(p, TEST_FIXED)]
+    if refused:
+        raise ConfigError(
+            [
+                f"$.{p}: {changes[p][0]!r} -> {changes[p][1]!r}: the checkpoint in {what} holds "
+                f"another {p.split('.')[0]}; it cannot be changed when re-testing a run"
+                for p in refused
+            ]
+        )
