@@ -23,8 +23,12 @@ from fewmask.errors import (
     DatasetError,
     DuplicateComponentError,
     FewmaskError,
+    FewmaskWarning,
     NonFiniteError,
     PluginLoadError,
+    ResourceError,
+    RunFolderError,
+    RunLockedError,
     UnknownComponentError,
 )
 from fewmask.hookspecs import hookimpl
@@ -79,6 +83,10 @@ __all__ = [
     "Masker",
     "MetaObjective",
     "NonFiniteError",
+    "FewmaskWarning",
+    "ResourceError",
+    "RunFolderError",
+    "RunLockedError",
     "OuterConfig",
     "Params",
     "PluginLoadError",

@@ -1,4 +1,9 @@
-"""Exceptions raised by fewmask. Every one names the field, path, component or package at fault."""
+"""Exceptions raised by fewmask. Every one names the field, path, component or package at fault.
+
+``exit_code`` is the status the ``fewmask`` command exits with: 2 for bad input (a config, an
+argument, a run folder that cannot be used, a run too large for the machine), 1 for a failure
+at run time (data, checkpoint, plugin, non-finite values).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,21 @@ def closest_name(name: str, choices: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
+class FewmaskWarning(UserWarning):
+    """Something fewmask worked around but you should know about (a fallback checkpoint, a
+    stale lock taken over, a diverging run)."""
+
+
 class FewmaskError(Exception):
     """Base class of every error fewmask raises on purpose."""
+
+    exit_code: int = 1
 
 
 class ConfigError(FewmaskError, ValueError):
     """One or more problems in a configuration, each as a line ``$.path: problem``."""
+
+    exit_code = 2
 
     def __init__(self, problems: list[str] | str, source: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -30,6 +44,8 @@ class ConfigError(FewmaskError, ValueError):
 class UnknownComponentError(FewmaskError, LookupError):
     """A component name that no installed plugin registered."""
 
+    exit_code = 2
+
 
 class DuplicateComponentError(FewmaskError):
     """Two providers registered the same component name."""
@@ -40,7 +56,13 @@ class PluginLoadError(FewmaskError, ImportError):
 
 
 class CheckpointError(FewmaskError):
-    """A checkpoint that is missing, truncated, corrupt or from an incompatible run."""
+    """A checkpoint that is missing, truncated, corrupt, tampered with or from an incompatible
+    run."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint that could not be written (full disk, no permission); the previous one is
+    kept."""
 
 
 class DatasetError(FewmaskError):
@@ -48,4 +70,24 @@ class DatasetError(FewmaskError):
 
 
 class NonFiniteError(FewmaskError, FloatingPointError):
-    """A NaN or Inf loss or gradient during meta-training."""
+    """A NaN or Inf loss, gradient or meta-parameter during meta-training."""
+
+
+class RunFolderError(FewmaskError):
+    """A run folder that cannot be written or read (permissions, a file in the way)."""
+
+
+class RunLockedError(RunFolderError):
+    """A run folder in use by another ``fewmask`` process (its lock file names the owner)."""
+
+    exit_code = 2
+
+
+class RunStoppedError(RunFolderError):
+    """A run that stopped on a non-finite value, asked for results as if it had finished."""
+
+
+class ResourceError(FewmaskError):
+    """A run whose estimated memory exceeds what the device has (refused before allocating)."""
+
+    exit_code = 2

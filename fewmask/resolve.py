@@ -23,6 +23,7 @@ from fewmask.config import (
     with_default_names,
 )
 from fewmask.errors import ConfigError
+from fewmask.interfaces import Masker
 from fewmask.options import component_fields, converter, structure_config
 from fewmask.registry import ComponentInfo, Registry
 
@@ -159,10 +160,35 @@ def resolve_config(data: Any, registry: Registry, source: str | None = None) -> 
         resolve_component(registry, "dataset", ref, f"$.test_datasets[{i}]", problems)
         for i, ref in enumerate(extra if isinstance(extra, list) else [])
     ]
+    problems += pairing_problems(components)
     if problems:
         raise ConfigError(problems, source)
     assert experiment is not None
     return ResolvedConfig(experiment, components, test_datasets)  # type: ignore[arg-type]
+
+
+def pairing_problems(components: Mapping[str, ResolvedComponent]) -> list[str]:
+    """Components that cannot work together, known from their classes alone: an objective that
+    meta-learns mask scores (``MetaObjective.needs_scores``) with a masker that has none."""
+    objective, masker = components.get("objective"), components.get("masker")
+    if objective is None or masker is None or not objective.info.cls.needs_scores:
+        return []
+    if has_scores(masker):
+        return []
+    return [
+        f"$.masker.name: objective '{objective.name}' meta-learns mask scores, but masker "
+        f"'{masker.name}' has none; use a masker with scores (e.g. metaticket), or leave "
+        "masker out to get the objective's own"
+    ]
+
+
+def has_scores(masker: ResolvedComponent) -> bool:
+    """Whether a masker may have scores to learn: its class defines ``meta_parameters``, and a
+    wrapper (a masker whose options name other maskers) has them if a wrapped one does."""
+    wrapped = [child for child in masker.nested.values() if child.info.kind == "masker"]
+    if wrapped:
+        return any(has_scores(child) for child in wrapped)
+    return masker.info.cls.meta_parameters is not Masker.meta_parameters
 
 
 def plain_config(config: ExperimentConfig | ResolvedConfig) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fewmask import ConfigError, DatasetError, FewShotDataset, TrainConfig, Trainer, create
+from fewmask import resolve as resolve_config
 from fewmask.cli import main
-from fewmask.config import resolve_config
 from fewmask.testing import make_dataset
 
 VALID = {

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewmask import create
-from fewmask.engine import meta_gradient
+from fewmask import Engine, create
 from fewmask.interfaces import Episode
 
 TINY = {
@@ -36,7 +35,8 @@ def meta_grads(name, masker, checkpoint, saved=None):
     backbone.double()
     masker.double()
     inner = create("inner_optimizer", "sgd", {"lr": 0.3, "steps": 2})
-    targets = masker.meta_parameters() or dict(backbone.named_parameters())
+    objective = create("objective", "metaticket" if masker.meta_parameters() else "maml")
+    engine = Engine(backbone, masker, inner, objective)
 
     def pack(tensor):
         if saved is not None:
@@ -44,8 +44,7 @@ def meta_grads(name, masker, checkpoint, saved=None):
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        meta_gradient(backbone, masker, inner, targets, episodes(), inner.learning_rates(backbone))
-    return {n: p.grad for n, p in targets.items()}
+        return engine.meta_step(episodes()).grads
 
 
 @pytest.mark.parametrize("masker", ["dense", "metaticket"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fewmask import default_registry
 from fewmask.cli import main
 from fewmask.config import options_markdown
 
@@ -87,7 +88,7 @@ def test_config_reference_is_current():
     """Every section `fewmask options` prints for the installed components is in docs/config.md
     (an env without some plugin, e.g. timm on torch 2.13, checks the rest)."""
     docs = (ROOT / "docs" / "config.md").read_text()
-    for section in options_markdown().split("\n## "):
+    for section in options_markdown(default_registry()).split("\n## "):
         assert section in docs, f"docs/config.md is stale at: {section.splitlines()[0]}"
 
 
@@ -137,9 +138,33 @@ def documented_experiment_commands():
                 )
 
 
+@pytest.fixture
+def debian_fashion_mnist(tmp_path_factory, monkeypatch):
+    """The cross-domain commands meta-test on Fashion-MNIST where its Debian package puts it;
+    a fresh machine has no package, so a tiny stand-in in the same IDX format goes there."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    from fewmask.datasets import fashion_mnist
+
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    rng = np.random.default_rng(0)
+    for part, per_class in (("train", 20), ("t10k", 2)):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+        for stem, magic, array in (("images-idx3", 2051, images), ("labels-idx1", 2049, labels)):
+            header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
+            (root / f"{part}-{stem}-ubyte.gz").write_bytes(gzip.compress(header + array.tobytes()))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOTS", (str(root),))
+    monkeypatch.setenv("FEWMASK_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return root
+
+
 @pytest.mark.parametrize("name, config, own_o, own_x", list(documented_experiment_commands()))
 def test_documented_experiment_commands_run_at_tiny_size(
-    name, config, own_o, own_x, tmp_path, capsys
+    name, config, own_o, own_x, tmp_path, capsys, debian_fashion_mnist
 ):
     """The command as documented (its own -o and -x validated too), then shrunk: tiny settings
     come last and win. ``-x run_dir=`` names a run of the documented workflow; here the base

@@ -17,9 +17,9 @@ class SGDInnerConfig:
     """Options of the ``sgd`` inner optimizer."""
 
     lr: float = option(0.4, ge=0, help="inner learning rate of every parameter")
-    steps: int = option(1, ge=1, help="inner steps during meta-training")
+    steps: int = option(1, ge=1, le=10_000, help="inner steps during meta-training")
     test_steps: int | None = option(
-        None, ge=1, help="inner steps at validation and meta-test (default: steps)"
+        None, ge=1, le=10_000, help="inner steps at validation and meta-test (default: steps)"
     )
     first_order: bool = option(False, help="drop second-order terms (first-order MAML)")
 
@@ -82,6 +82,8 @@ def sgd_steps(
 ) -> Params:
     """``steps`` SGD updates; parameters with learning rate 0 are left out of the gradient."""
     names = [n for n in params if learning_rates.get(n, 0.0) != 0.0]
+    if not names:  # every rate is 0 (e.g. lr: 0.0): the steps change nothing
+        return params
     for _ in range(steps):
         loss = loss_fn(params)
         grads = torch.autograd.grad(

@@ -58,7 +58,20 @@ def read_split_file(path: str, dataset: str) -> dict[str, list]:
             raise DatasetError(
                 f"{dataset}: split file {file}: {split!r} must be a list of class names"
             )
+        for name in classes:
+            if _escapes_root(str(name)):
+                raise DatasetError(
+                    f"{dataset}: split file {file}: class {str(name)!r} of split {split!r} is "
+                    "not a name inside the data root (absolute paths, '..' and NUL are refused)"
+                )
     return data
+
+
+def _escapes_root(name: str) -> bool:
+    """Whether a class name, used as a path below the root, could point outside it (or is no
+    path at all)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or "\0" in name
 
 
 def split_classes(splits: dict[str, Any], split: str, dataset: str, where: str) -> list:

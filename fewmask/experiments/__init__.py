@@ -40,9 +40,13 @@ def run_experiment(
     settings: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Run experiment ``name`` over the base ``config`` (file or plain data, with ``-o``-style
-    ``overrides``); ``settings`` are the experiment's own options. Returns the table rows."""
+    ``overrides``); ``settings`` are the experiment's own options. Returns the table rows.
+
+    ``force`` starts over: once the config and the variants are validated, what an earlier run
+    of an experiment wrote into ``out`` (and only that) is removed."""
     if name not in EXPERIMENTS:
         close = closest_name(name, EXPERIMENTS)
         hint = f" Did you mean {close!r}?" if close else ""
@@ -54,7 +58,7 @@ def run_experiment(
     base = read_config_file(config) if isinstance(config, (str, Path)) else dict(config)
     base = apply_overrides(base, overrides)
     out = Path(out) if out is not None else Path("runs") / "experiments" / name
-    experiment = Experiment(name, base, out, progress)
+    experiment = Experiment(name, base, out, progress, force)
     try:
         return info.run(experiment, parsed)
     finally:

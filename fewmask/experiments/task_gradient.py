@@ -157,6 +157,7 @@ def _probe_run(
             bar.update(trainer.iteration)
     probe.recording = False
     trainer.save()
+    experiment.record(saved)
     saved.write_text(json.dumps(values))
     return values, trainer.test()
 

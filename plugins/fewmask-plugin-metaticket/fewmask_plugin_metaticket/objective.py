@@ -33,6 +33,7 @@ class MetaTicketObjective(MetaObjective):
     values in the outer loop (they are still adapted per task in the inner loop)."""
 
     default_masker = "metaticket"
+    needs_scores = True
 
     def __init__(self, config: MetaTicketObjectiveConfig | None = None):
         self.config = config or MetaTicketObjectiveConfig()
