@@ -1,18 +1,24 @@
-"""Episodes per second of the ``episodic`` sampler, from in-memory uint8 tensors, on one core.
+"""Episodes per second of the ``episodic`` sampler, from in-memory uint8 tensors.
 
-    python benchmarks/episodes.py
+    python benchmarks/episodes.py                   # the dataset in CPU memory, one core
+    python benchmarks/episodes.py --device cuda     # the dataset held on the GPU
 
 5-way 5-shot 15-query episodes (100 images each) at 28x28x1 (1,000 classes x 20 images, the
 glyph set's shape) and 84x84x3 (64 classes x 600, miniImageNet's meta-train shape), drawn 16 at
 a time with ``sample_many`` (the Trainer draws a meta-batch, or 100 evaluation episodes, per
-call). Columns:
-episodes as the sampler returns them (uint8 images gathered into new tensors), and the same
-episodes also converted to float32 in [0, 1] on the CPU (on a GPU run this happens on the GPU).
+call). With ``--device`` the dataset is moved there once (``FewShotDataset.to``, as
+``train.data_on_device`` does): the random draws stay on the CPU generator and the images are
+gathered on the device. Columns: episodes as the sampler returns them (uint8 images gathered
+into new tensors), and the same episodes also converted to float32 in [0, 1] on the device
+(``Episode.to``). On a GPU every draw ends with a synchronisation, so the rates include it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,17 +26,23 @@ from fewmask import create
 from fewmask.testing import make_dataset
 
 TARGET = 20_000
+SHAPES = [((1, 28, 28), 1000, 20), ((3, 84, 84), 64, 600)]  # image shape, classes, per class
+TINY_SHAPES = [((1, 28, 28), 30, 20), ((3, 84, 84), 8, 20)]
 
 
-def rate(shape, classes, per_class, to_float: bool, batch=16, seconds=2.0) -> float:
-    data = make_dataset(classes=classes, per_class=per_class, shape=shape)
+def rate(shape, classes, per_class, to_float: bool, device="cpu", batch=16, seconds=2.0) -> float:
+    """Episodes per second drawn from a ``classes`` x ``per_class`` dataset held on ``device``."""
+    data = make_dataset(classes=classes, per_class=per_class, shape=shape).to(device)
     sampler = create("sampler", "episodic", {"ways": 5, "shots": 5, "queries": 15})
     generator = torch.Generator().manual_seed(0)
+    cuda = torch.device(device).type == "cuda"
 
     def draw():
         episodes = sampler.sample_many(data, generator, batch)
         if to_float:
-            episodes = [e.to("cpu") for e in episodes]
+            episodes = [e.to(device) for e in episodes]
+        if cuda:
+            torch.cuda.synchronize(device)
         return episodes
 
     draw()  # warm-up
@@ -41,22 +53,47 @@ def rate(shape, classes, per_class, to_float: bool, batch=16, seconds=2.0) -> fl
     return count / (time.perf_counter() - start)
 
 
+def measure(device: str = "cpu", seconds: float = 2.0, tiny: bool = False) -> list[dict]:
+    """One row per image shape: uint8 and float episodes per second, gathered GB/s."""
+    rows = []
+    for shape, classes, per_class in TINY_SHAPES if tiny else SHAPES:
+        raw = rate(shape, classes, per_class, False, device, seconds=seconds)
+        flt = rate(shape, classes, per_class, True, device, seconds=seconds)
+        rows.append(
+            {
+                "images": "x".join(map(str, shape)),
+                "device": device,
+                "uint8_per_s": raw,
+                "float_per_s": flt,
+                "gb_per_s": raw * 100 * shape[0] * shape[1] * shape[2] / 1e9,  # uint8 gathered
+                "target_per_s": TARGET,
+            }
+        )
+    return rows
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="where the dataset is held (cpu, cuda)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing window per figure")
+    parser.add_argument("--tiny", action="store_true", help="small datasets (a smoke test)")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
     torch.set_num_threads(1)
+    rows = measure(args.device, args.seconds, args.tiny)
     print(
-        f"{'images':>9}  {'uint8 eps/s':>11}  {'vs target':>9}  {'GB/s':>5}  "
+        f"{'images':>9}  {'device':>6}  {'uint8 eps/s':>11}  {'vs target':>9}  {'GB/s':>5}  "
         f"{'float eps/s':>11}  {'vs target':>9}"
     )
-    for shape, classes, per_class in [((1, 28, 28), 1000, 20), ((3, 84, 84), 64, 600)]:
-        raw = rate(shape, classes, per_class, to_float=False)
-        flt = rate(shape, classes, per_class, to_float=True)
-        size = "x".join(map(str, shape))
-        gigabytes = raw * 100 * shape[0] * shape[1] * shape[2] / 1e9  # uint8 images gathered
+    for r in rows:
         print(
-            f"{size:>9}  {raw:11.0f}  {raw / TARGET:8.2f}x  {gigabytes:5.1f}  "
-            f"{flt:11.0f}  {flt / TARGET:8.2f}x"
+            f"{r['images']:>9}  {r['device']:>6}  {r['uint8_per_s']:11.0f}  "
+            f"{r['uint8_per_s'] / TARGET:8.2f}x  {r['gb_per_s']:5.1f}  "
+            f"{r['float_per_s']:11.0f}  {r['float_per_s'] / TARGET:8.2f}x"
         )
     print(f"target: {TARGET:,} episodes/s on one core")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

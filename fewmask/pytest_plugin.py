@@ -58,5 +58,3 @@ def _hypothesis_profiles() -> None:
 
 
 _hypothesis_profiles()
-
-

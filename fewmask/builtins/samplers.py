@@ -14,10 +14,13 @@ from fewmask.options import option
 class EpisodicConfig:
     """Options of ``episodic``."""
 
-    ways: int = option(5, ge=2, help="classes per episode (N); also the head's width")
-    shots: int = option(1, ge=1, help="support images per class (K)")
+    ways: int = option(5, ge=2, le=10_000, help="classes per episode (N); also the head's width")
+    shots: int = option(1, ge=1, le=10_000, help="support images per class (K)")
     queries: int | None = option(
-        None, ge=1, help="query images per class (default: shots, as the Meta-ticket code does)"
+        None,
+        ge=1,
+        le=10_000,
+        help="query images per class (default: shots, as the Meta-ticket code does)",
     )
 
 
@@ -27,7 +30,9 @@ class EpisodicSampler(EpisodeSampler):
     Classes are drawn without replacement and labelled in a random order; each class contributes
     ``shots`` support and ``queries`` query images, all distinct. Many episodes are drawn in one
     vectorised pass (:meth:`sample_many`); images stay uint8 until ``Episode.to`` converts them
-    on the training device.
+    on the training device. The draws use the CPU generator alone; the images are gathered on
+    the device that holds the dataset's images (see ``FewShotDataset.to``), so a dataset held
+    on a GPU gives the same episodes as on the CPU, cut out there.
     """
 
     def __init__(self, config: EpisodicConfig):
@@ -68,18 +73,27 @@ class EpisodicSampler(EpisodeSampler):
     ) -> list[Episode]:
         """``count`` episodes drawn in one vectorised pass; images stay uint8."""
         counts, offsets, widest = self._index(dataset)
-        ways, shots, need = self.ways, self.shots, self.shots + self.queries
+        ways, need = self.ways, self.shots + self.queries
         # a uniformly random ordered subset of classes: the `ways` largest of iid uniform keys
         classes = torch.rand(count, dataset.num_classes, generator=generator).topk(ways).indices
         keys = torch.rand(count, ways, widest, generator=generator)
         keys.masked_fill_(torch.arange(widest) >= counts[classes].unsqueeze(-1), 2.0)
         picks = keys.topk(need, largest=False).indices + offsets[classes].unsqueeze(-1)
-        image_shape = dataset.images.shape[1:]
+        return self._gather(dataset.images, picks, count)
+
+    def _gather(self, images: torch.Tensor, picks: torch.Tensor, count: int) -> list[Episode]:
+        """Cut the episodes out of ``images`` where they are (a GPU, after
+        ``FewShotDataset.to``); ``picks`` are drawn on the CPU and copied there, without waiting
+        for the GPU."""
+        ways, shots, need = self.ways, self.shots, self.shots + self.queries
+        device = images.device
+        picks = picks.to(device, non_blocking=True)
         # index_select is several times faster than advanced indexing for uint8 gathers
-        support = dataset.images.index_select(0, picks[:, :, :shots].flatten())
-        query = dataset.images.index_select(0, picks[:, :, shots:].flatten())
-        support = support.view(count, ways * shots, *image_shape)
-        query = query.view(count, ways * (need - shots), *image_shape)
+        support = images.index_select(0, picks[:, :, :shots].flatten())
+        query = images.index_select(0, picks[:, :, shots:].flatten())
+        support = support.view(count, ways * shots, *images.shape[1:])
+        query = query.view(count, ways * (need - shots), *images.shape[1:])
         labels = torch.arange(ways)
-        support_y, query_y = labels.repeat_interleave(shots), labels.repeat_interleave(need - shots)
+        support_y = labels.repeat_interleave(shots).to(device, non_blocking=True)
+        query_y = labels.repeat_interleave(need - shots).to(device, non_blocking=True)
         return [Episode(support[i], support_y, query[i], query_y) for i in range(count)]

@@ -113,6 +113,8 @@ class Engine:
     ):
         self.backbone, self.masker, self.inner, self.objective = backbone, masker, inner, objective
         self.options = options or EngineOptions()
+        # channels-last loses fp32 precision on narrow convolutions (docs/performance.md)
+        self.channels_last = self.options.channels_last and channels_last_pays(backbone)
         inner.attach(backbone)
         self.meta_params = objective.meta_parameters(backbone, masker)
         self._metric_names: list[str] | None = None  # under torchrun: fixed by the first step
@@ -163,7 +165,7 @@ class Engine:
         self, episodes: Sequence[Episode]
     ) -> tuple[list[TaskResult], dict[str, Tensor]]:
         options = self.options
-        if options.channels_last:
+        if self.channels_last:
             episodes = _ChannelsLast(episodes)
         plan = self.inner.plain_sgd(training=True) if options.fused_sgd else None
         rate = single_rate(plan)
@@ -202,6 +204,20 @@ class Engine:
         return param.device, param.dtype
 
 
+CHANNELS_LAST_MIN_WIDTH = 16
+"""``EngineOptions.channels_last`` applies only when every convolution has at least this many
+output channels. Below it, PyTorch's channels-last BatchNorm reductions on the CPU add each
+channel's values one by one, and a ResNet-12 with 4-8 channels got 27x the exact engine's fp32
+error (8-8-16-16: 1.5x; 16 and up: at most the exact engine's), measured with
+``benchmarks/fp32_error.py``."""
+
+
+def channels_last_pays(backbone: torch.nn.Module) -> bool:
+    """Whether channels-last keeps fp32 precision here: every Conv2d is wide enough."""
+    convs = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    return all(m.out_channels >= CHANNELS_LAST_MIN_WIDTH for m in convs)
+
+
 class _ChannelsLast(Sequence[Episode]):
     """Episodes with 4-D images in channels-last format, converted one at a time on access."""
 
@@ -219,4 +235,4 @@ def _channels_last(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
-__all__ = ["Engine", "EngineOptions", "StepResult", "distributed"]
+__all__ = ["Engine", "EngineOptions", "StepResult", "channels_last_pays", "distributed"]

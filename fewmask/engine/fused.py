@@ -69,8 +69,9 @@ class SharedLeaves:
 def _shared_items(
     params: Params, masks: Params, first_order: bool
 ) -> list[tuple[Tensor, Callable[[], Tensor]]]:
-    """``W * m`` and ``m * m`` per masked weight; ``m * m`` reuses ``m``'s memory when the mask
-    is binary (the usual case) and is only multiplied out for the final backward."""
+    """``W * m`` and ``m * m`` per masked weight. ``m * m``'s value is computed without a graph
+    (for a binary mask it equals ``m``, but testing that would stop for the host); its graph is
+    built only for the final backward."""
     products, squares = [], []
     for name, mask in masks.items():
         product = params[name] * mask
@@ -80,8 +81,8 @@ def _shared_items(
         def square(left=left, mask=mask) -> Tensor:
             return left * mask
 
-        binary = bool(((mask == 0) | (mask == 1)).all())
-        squares.append((mask if binary else square(), square))
+        with torch.no_grad():
+            squares.append((square(), square))
     return products + squares
 
 

@@ -15,6 +15,7 @@ MAML's own policy, every parameter at ``lr``, is the built-in ``sgd``.
 
 from __future__ import annotations
 
+import math
 from fnmatch import fnmatchcase
 
 import attrs
@@ -36,6 +37,12 @@ class PerLayerConfig(SGDInnerConfig):
         help="pattern -> inner lr, e.g. {'classifier.*': 0.0, 'features.1.*': 0.1}; "
         "patterns may also be the groups 'body' and 'head'",
     )
+
+    def check(self) -> dict[str, str]:
+        bad = {k: v for k, v in self.rates.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            return {"rates": f"every rate must be a finite number >= 0, got {bad}"}
+        return {}
 
 
 class GroupPolicy(SGDInner):
