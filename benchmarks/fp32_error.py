@@ -22,17 +22,16 @@ import statistics
 
 import torch
 
-from fewmask import Engine, EngineOptions, Episode, create
-from fewmask.testing import functional_forward, reference_meta_gradient
+from fewmask import Engine, Episode, create
+from fewmask.testing import (
+    ENGINE_PATHS,
+    engine_gradient,
+    random_episodes,
+    reference_engine_gradient,
+)
 
 WAYS, SHOTS, QUERIES, LR = 5, 5, 15, 0.5
-LEVERS = {
-    "exact": None,
-    "fused_sgd": EngineOptions(fused_sgd=True),
-    "fused_batchnorm": EngineOptions(fused_batchnorm=True),
-    "channels_last": EngineOptions(fused_batchnorm=True, channels_last=True),
-    "fast": EngineOptions.fast(),
-}
+LEVERS = ENGINE_PATHS  # the exact engine, each lever alone and all together
 
 
 def setup(seed: int, channels, side: int, algorithm: str, meta_batch: int):
@@ -46,40 +45,17 @@ def setup(seed: int, channels, side: int, algorithm: str, meta_batch: int):
     inner = create("inner_optimizer", "sgd", {"lr": LR, "steps": 1})
     engine = Engine(backbone, masker, inner, create("objective", algorithm))
     g = torch.Generator().manual_seed(1000 + seed)
-    labels = torch.arange(WAYS)
-
-    def images(n):
-        return torch.rand(n * WAYS, *shape, generator=g)
-
-    episodes = [
-        Episode(
-            images(SHOTS),
-            labels.repeat_interleave(SHOTS),
-            images(QUERIES),
-            labels.repeat_interleave(QUERIES),
-        )
-        for _ in range(meta_batch)
-    ]
-    return engine, episodes
+    return engine, random_episodes(meta_batch, WAYS, SHOTS, QUERIES, shape, g, uniform=True)
 
 
 def loop_gradient(engine: Engine, episodes) -> list[torch.Tensor]:
-    params = dict(engine.backbone.named_parameters())
-    return reference_meta_gradient(
-        functional_forward(engine.backbone),
-        params,
-        engine.masker.masks,
-        episodes,
-        dict.fromkeys(params, LR),
-        1,
-        list(engine.meta_params.values()),
-    )
+    return reference_engine_gradient(engine, episodes, LR, 1)
 
 
-def engine_gradient(engine: Engine, episodes, options) -> list[torch.Tensor]:
+def lever_gradient(engine: Engine, episodes, options) -> list[torch.Tensor]:
+    """The meta-gradient of ``engine``'s components through an engine with ``options``."""
     step = Engine(engine.backbone, engine.masker, engine.inner, engine.objective, options)
-    grads = step.meta_step(episodes).grads
-    return [grads.get(n, torch.zeros_like(p)) for n, p in engine.meta_params.items()]
+    return engine_gradient(step, episodes)
 
 
 def double(episodes) -> list[Episode]:
@@ -102,7 +78,7 @@ def seed_errors(
     """``{path: (whole error, worst-tensor error)}`` of the loop and each lever, for one seed."""
     engine, episodes = setup(seed, channels, side, algorithm, meta_batch)
     got = {"loop": loop_gradient(engine, episodes)}
-    got |= {name: engine_gradient(engine, episodes, options) for name, options in levers.items()}
+    got |= {name: lever_gradient(engine, episodes, options) for name, options in levers.items()}
     engine.backbone.double()
     engine.masker.double()
     want = loop_gradient(engine, double(episodes))

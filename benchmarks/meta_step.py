@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import fewmask
 from fewmask import Engine, EngineOptions, Episode
 from fewmask.malloc import is_glibc, trim, tune_glibc_malloc
-from fewmask.testing import functional_forward, reference_meta_gradient
+from fewmask.testing import engine_gradient, random_episodes, reference_engine_gradient
 
 WAYS, SHOTS, QUERIES, LR = 5, 5, 15, 0.5
 MODELS = {  # name: (options, input shape, tiny options, tiny input shape)
@@ -87,41 +87,8 @@ def build(model: str, algorithm: str, args: argparse.Namespace):
     backbone.to(args.device)
     masker.to(args.device)
     g = torch.Generator().manual_seed(1)
-    labels = torch.arange(WAYS)
-
-    def images(n: int) -> torch.Tensor:
-        return torch.rand(n * WAYS, *shape, generator=g)
-
-    episodes = [
-        Episode(
-            images(SHOTS),
-            labels.repeat_interleave(SHOTS),
-            images(QUERIES),
-            labels.repeat_interleave(QUERIES),
-        ).to(args.device)
-        for _ in range(args.meta_batch)
-    ]
-    return backbone, masker, inner, objective, episodes
-
-
-def loop_meta_gradient(engine: Engine, episodes) -> list[torch.Tensor]:
-    """The per-task reference loop's meta-gradient (one second-order step at rate ``LR``)."""
-    params = dict(engine.backbone.named_parameters())
-    return reference_meta_gradient(
-        functional_forward(engine.backbone),
-        params,
-        engine.masker.masks,
-        episodes,
-        dict.fromkeys(params, LR),
-        1,
-        list(engine.meta_params.values()),
-    )
-
-
-def engine_meta_gradient(engine: Engine, episodes) -> list[torch.Tensor]:
-    """The engine's meta-gradient, in the order of the meta-parameters."""
-    grads = engine.meta_step(episodes).grads
-    return [grads.get(n, torch.zeros_like(p)) for n, p in engine.meta_params.items()]
+    episodes = random_episodes(args.meta_batch, WAYS, SHOTS, QUERIES, shape, g, uniform=True)
+    return backbone, masker, inner, objective, [e.to(args.device) for e in episodes]
 
 
 def sync(device: str) -> None:
@@ -186,16 +153,16 @@ def measure(model: str, algorithm: str, args: argparse.Namespace) -> dict:
 
     def run_loop() -> list[torch.Tensor]:
         with precision_context(args):
-            return loop_meta_gradient(engine, episodes)
+            return reference_engine_gradient(engine, episodes, LR, 1)
 
     def run_engine() -> list[torch.Tensor]:
         with precision_context(args):
-            return engine_meta_gradient(engine, episodes)
+            return engine_gradient(engine, episodes)
 
     row = {"model": model, "algorithm": algorithm, "malloc": args.malloc}
     set_precision("fp32")
     with FlopCounterMode(display=False) as counter:  # also the loop's first warm-up
-        fp32_grad = flat_grad(loop_meta_gradient(engine, episodes))
+        fp32_grad = flat_grad(reference_engine_gradient(engine, episodes, LR, 1))
     row["gflop"] = counter.get_total_flops() / 1e9
     set_precision(args.precision)
 
@@ -228,7 +195,7 @@ def measure(model: str, algorithm: str, args: argparse.Namespace) -> dict:
             Episode(e.support_x.double(), e.support_y, e.query_x.double(), e.query_y)
             for e in episodes
         ]
-        fp64_grad = flat_grad(loop_meta_gradient(engine, episodes))
+        fp64_grad = flat_grad(reference_engine_gradient(engine, episodes, LR, 1))
         for name in ("engine", "loop"):
             row[f"{name}_vs_fp64"] = relative(grads[name], fp64_grad)
     return row

@@ -45,7 +45,7 @@ from fewmask.interfaces import (
     SGDSteps,
 )
 from fewmask.options import ComponentRef, component, option
-from fewmask.outer import OuterConfig, ScheduledLR, build_outer_optimizer
+from fewmask.outer import OuterConfig, OuterLoopObjective, ScheduledLR, build_outer_optimizer
 from fewmask.plugins import load_registry
 from fewmask.registry import ComponentInfo, Registry
 from fewmask.resolve import ResolvedConfig
@@ -88,6 +88,7 @@ __all__ = [
     "RunFolderError",
     "RunLockedError",
     "OuterConfig",
+    "OuterLoopObjective",
     "Params",
     "PluginLoadError",
     "Registry",

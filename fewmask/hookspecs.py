@@ -22,16 +22,23 @@ if TYPE_CHECKING:
 
 @hookspec
 def fewmask_register(registry: ScopedRegistry) -> None:
-    """Register components with ``registry.add_backbone(name, cls, config=..., description=...)``.
+    """Register components with ``registry.add_backbone(name, cls)`` and its siblings.
 
     The same ``add_*`` method exists for every kind: ``add_backbone``, ``add_masker``,
-    ``add_inner_optimizer``, ``add_objective``, ``add_sampler`` and ``add_dataset``.
-    The registry records which plugin (distribution and version) provided each name.
+    ``add_inner_optimizer``, ``add_objective``, ``add_sampler`` and ``add_dataset``. The options
+    class and the one-line description come from the class attributes ``config_class`` and
+    ``description``, or from the keywords ``config=`` and ``description=``, which take
+    precedence. The registry records which plugin (distribution and version) provided each name.
 
     Example::
 
+        class MyMasker(fewmask.Masker):
+            config_class = MyMaskerConfig
+            description = "What it does, in one line"
+            ...
+
         @fewmask.hookimpl
         def fewmask_register(registry):
-            registry.add_masker("my_masker", MyMasker, config=MyMaskerConfig,
-                                description="What it does, in one line")
+            registry.add_masker("my_masker", MyMasker)
+            registry.add_masker("my_other", OtherMasker, config=OtherConfig, description="...")
     """

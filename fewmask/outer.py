@@ -4,7 +4,8 @@ The schedule follows the Meta-ticket code: per *iteration*, set before the updat
 ``lr * (it + 1) / (W + 1)`` for ``it < W``, then cosine
 ``lr * (1 + cos(pi (it - W) / (T - W))) / 2``. :class:`ScheduledLR` is that schedule as a torch
 LR scheduler: it evaluates the expression from the iteration (no multiplicative factor), so
-the rates are exactly :func:`scheduled_lr`'s.
+the rates are exactly :func:`scheduled_lr`'s. :class:`OuterLoopObjective` builds both from an
+objective's config.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from fewmask.interfaces import MetaObjective
 from fewmask.options import option
 
 
@@ -86,3 +88,19 @@ class ScheduledLR(LRScheduler):
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state without ``config`` (plain values only)."""
         return {k: v for k, v in super().state_dict().items() if k != "config"}
+
+
+class OuterLoopObjective(MetaObjective):
+    """A meta-objective whose ``self.config`` is an :class:`OuterConfig` (or a subclass): its
+    outer optimizer is :func:`build_outer_optimizer`'s and its schedule :class:`ScheduledLR`.
+    Subclasses set ``self.config`` and choose the meta-parameters."""
+
+    config: OuterConfig
+
+    def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return build_outer_optimizer(self.config, params)
+
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_iterations: int
+    ) -> ScheduledLR:
+        return ScheduledLR(optimizer, self.config, total_iterations)

@@ -60,7 +60,7 @@ class ComponentInfo:
         return self.cls(config, **kwargs) if self.config_cls is not None else self.cls(**kwargs)
 
 
-def _check_component(kind: str, name: str, cls: Any, config: Any) -> None:
+def _check_component(kind: str, name: str, cls: Any) -> None:
     base = COMPONENT_KINDS[kind]
     if not name or not isinstance(name, str) or name != name.strip():
         raise ValueError(f"{kind} name must be a non-empty string without spaces, got {name!r}")
@@ -72,8 +72,22 @@ def _check_component(kind: str, name: str, cls: Any, config: Any) -> None:
             f"{kind} '{name}': {cls.__module__}.{cls.__qualname__} does not derive from "
             f"fewmask.{base.__name__}"
         )
+
+
+def _declared(
+    kind: str, name: str, cls: type, config: type | None, description: str | None
+) -> tuple[type | None, str]:
+    """``config`` and ``description``, each defaulting to the class attribute of that role
+    (``cls.config_class``, ``cls.description``); no options and no description without one."""
+    if config is None:
+        config = getattr(cls, "config_class", None)
+    if description is None:
+        description = getattr(cls, "description", "")
     if config is not None and not attrs.has(config):
         raise TypeError(f"{kind} '{name}': config must be an attrs class, got {config!r}")
+    if not isinstance(description, str):
+        raise TypeError(f"{kind} '{name}': description must be a string, got {description!r}")
+    return config, description
 
 
 class Registry:
@@ -91,14 +105,19 @@ class Registry:
         *,
         provider: Provider,
         config: type | None = None,
-        description: str = "",
+        description: str | None = None,
     ) -> ComponentInfo:
-        """Register ``cls`` under ``name``; a name already taken raises, naming both providers."""
+        """Register ``cls`` under ``name``; a name already taken raises, naming both providers.
+
+        ``config`` (the attrs class of its options) and ``description`` (one line) default to
+        the class attributes ``cls.config_class`` and ``cls.description``.
+        """
         if kind not in COMPONENT_KINDS:
             raise ValueError(
                 f"unknown component kind {kind!r}; kinds: {', '.join(COMPONENT_KINDS)}"
             )
-        _check_component(kind, name, cls, config)
+        _check_component(kind, name, cls)
+        config, description = _declared(kind, name, cls, config, description)
         if name in self._entries[kind]:
             first = self._entries[kind][name].provider
             raise DuplicateComponentError(
@@ -147,34 +166,34 @@ class Registry:
         return [self._entries[k][n] for k in kinds for n in sorted(self._entries[k])]
 
 
+def _adder(kind: str):
+    """The method ``ScopedRegistry.add_<kind>``."""
+
+    def add(self: ScopedRegistry, name: str, cls: type, *, config=None, description=None) -> None:
+        self._registry.add(
+            kind, name, cls, provider=self.provider, config=config, description=description
+        )
+
+    add.__name__ = f"add_{kind}"
+    add.__qualname__ = f"ScopedRegistry.add_{kind}"
+    add.__doc__ = (
+        f"Register the {kind} class ``cls`` as ``name``; ``config`` and ``description`` default "
+        "to ``cls.config_class`` and ``cls.description``."
+    )
+    return add
+
+
 class ScopedRegistry:
-    """Handed to ``fewmask_register``: ``add_<kind>(name, cls, config=, description=)``."""
+    """Handed to ``fewmask_register``: ``add_<kind>(name, cls)``, with ``config=`` and
+    ``description=`` when the class does not declare ``config_class`` and ``description``."""
 
     def __init__(self, registry: Registry, provider: Provider):
         self._registry = registry
         self.provider = provider
 
-    def _add(self, kind: str, name: str, cls: type, config: type | None, description: str) -> None:
-        self._registry.add(
-            kind, name, cls, provider=self.provider, config=config, description=description
-        )
-
-    def add_backbone(self, name: str, cls: type, *, config=None, description: str = "") -> None:
-        self._add("backbone", name, cls, config, description)
-
-    def add_masker(self, name: str, cls: type, *, config=None, description: str = "") -> None:
-        self._add("masker", name, cls, config, description)
-
-    def add_inner_optimizer(
-        self, name: str, cls: type, *, config=None, description: str = ""
-    ) -> None:
-        self._add("inner_optimizer", name, cls, config, description)
-
-    def add_objective(self, name: str, cls: type, *, config=None, description: str = "") -> None:
-        self._add("objective", name, cls, config, description)
-
-    def add_sampler(self, name: str, cls: type, *, config=None, description: str = "") -> None:
-        self._add("sampler", name, cls, config, description)
-
-    def add_dataset(self, name: str, cls: type, *, config=None, description: str = "") -> None:
-        self._add("dataset", name, cls, config, description)
+    add_backbone = _adder("backbone")
+    add_masker = _adder("masker")
+    add_inner_optimizer = _adder("inner_optimizer")
+    add_objective = _adder("objective")
+    add_sampler = _adder("sampler")
+    add_dataset = _adder("dataset")

@@ -40,6 +40,15 @@ from fewmask.errors import CheckpointError, ConfigError, FewmaskWarning
 from fewmask.runlock import LOCK_NAME, acquire, locked, release
 
 
+def _in_run(name: str) -> property:
+    """A read-only :class:`RunFolder` attribute: the path of the file ``name`` in the run."""
+
+    def path(run: RunFolder) -> Path:
+        return run.path / name
+
+    return property(path, doc=f"``RUN/{name}``")
+
+
 class RunFolder:
     """The files of the run in ``path`` (nothing is created until something is written)."""
 
@@ -65,21 +74,14 @@ class RunFolder:
         return f"RunFolder({str(self.path)!r})"
 
     # ------------------------------------------------------------------ paths
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / self.CHECKPOINT
-
-    @property
-    def config(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def results(self) -> Path:
-        return self.path / self.RESULTS
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / self.METRICS
+    checkpoint = _in_run(CHECKPOINT)
+    config = _in_run(CONFIG)
+    results = _in_run(RESULTS)
+    metrics = _in_run(METRICS)
+    resumes = _in_run(RESUMES)
+    previous_checkpoint = _in_run(PREVIOUS)
+    stopped = _in_run(STOPPED)
+    lock_file = _in_run(LOCK)
 
     @property
     def tensorboard(self) -> Path:
@@ -87,22 +89,6 @@ class RunFolder:
         after it (a run that already has events in ``tensorboard/`` keeps them there)."""
         legacy = self.path / self.TENSORBOARD
         return legacy if any(legacy.glob("events.out.tfevents.*")) else self.path
-
-    @property
-    def resumes(self) -> Path:
-        return self.path / self.RESUMES
-
-    @property
-    def previous_checkpoint(self) -> Path:
-        return self.path / self.PREVIOUS
-
-    @property
-    def stopped(self) -> Path:
-        return self.path / self.STOPPED
-
-    @property
-    def lock_file(self) -> Path:
-        return self.path / self.LOCK
 
     def lock(self) -> Path:
         """Take the folder's lock until :meth:`unlock` (or the process ends); re-entrant."""

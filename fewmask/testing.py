@@ -1,10 +1,13 @@
 """Test helpers for fewmask and its plugins, importable without pytest.
 
 - :func:`make_dataset`: random uint8 images in a :class:`~fewmask.interfaces.FewShotDataset`;
+  :func:`random_episodes`: random float episodes;
 - :func:`reference_meta_loss`, :func:`reference_meta_gradient`: the straightforward per-task
   loop (:func:`reference_task_loss`) that every engine path, test and benchmark is checked
   against, over the hand-written :func:`reference_mlp_forward` or any backbone
-  (:func:`functional_forward`).
+  (:func:`functional_forward`); :func:`reference_engine_gradient` and :func:`engine_gradient`
+  put an :class:`~fewmask.engine.Engine`'s components through the loop and the engine, on
+  any of the :data:`ENGINE_PATHS`.
 
 The pytest fixtures live in :mod:`fewmask.pytest_plugin`
 (``pytest_plugins = ["fewmask.pytest_plugin"]``).
@@ -12,11 +15,23 @@ The pytest fixtures live in :mod:`fewmask.pytest_plugin`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from fewmask.interfaces import FewShotDataset
+from fewmask.engine import Engine, EngineOptions
+from fewmask.interfaces import Episode, FewShotDataset
+
+ENGINE_PATHS: dict[str, EngineOptions | None] = {
+    "exact": None,
+    "fused_sgd": EngineOptions(fused_sgd=True),
+    "fused_batchnorm": EngineOptions(fused_batchnorm=True),
+    "channels_last": EngineOptions(fused_batchnorm=True, channels_last=True),
+    "fast": EngineOptions.fast(),
+}
+"""Every path of :meth:`~fewmask.engine.Engine.meta_step` by name: the exact per-task path
+(``None``), each speed lever alone (``channels_last`` with the fused BatchNorm it needs) and all
+of them."""
 
 
 def make_dataset(
@@ -33,6 +48,37 @@ def make_dataset(
     )
     labels = torch.arange(classes).repeat_interleave(per_class)
     return FewShotDataset(images, labels, tuple(f"c{i}" for i in range(classes)), name)
+
+
+def random_episodes(
+    count: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    shape: tuple[int, ...],
+    generator: torch.Generator,
+    *,
+    uniform: bool = False,
+    dtype: torch.dtype | None = None,
+) -> list[Episode]:
+    """``count`` episodes of random float images (standard normal; uniform in [0, 1) with
+    ``uniform``), ``shots`` support and ``queries`` query images per class, labelled
+    ``0..ways-1`` in order. Each episode draws its support images, then its query images."""
+    labels = torch.arange(ways)
+    draw = torch.rand if uniform else torch.randn
+
+    def images(n: int) -> torch.Tensor:
+        return draw(n * ways, *shape, generator=generator, dtype=dtype)
+
+    return [
+        Episode(
+            images(shots),
+            labels.repeat_interleave(shots),
+            images(queries),
+            labels.repeat_interleave(queries),
+        )
+        for _ in range(count)
+    ]
 
 
 Forward = Callable[[dict, "dict | None", torch.Tensor], torch.Tensor]
@@ -145,3 +191,28 @@ def reference_meta_gradient(
             if grad is not None:
                 total[i] = grad if total[i] is None else total[i] + grad
     return [torch.zeros_like(t) if g is None else g for t, g in zip(targets, total)]
+
+
+def reference_engine_gradient(
+    engine: Engine, episodes: Sequence[Episode], learning_rate: float, steps: int
+) -> list[torch.Tensor]:
+    """:func:`reference_meta_gradient` over ``engine``'s backbone and masker: every backbone
+    parameter adapted at ``learning_rate`` for ``steps`` second-order steps, differentiated
+    w.r.t. ``engine.meta_params`` (in their order)."""
+    params = dict(engine.backbone.named_parameters())
+    return reference_meta_gradient(
+        functional_forward(engine.backbone),
+        params,
+        engine.masker.masks,
+        episodes,
+        dict.fromkeys(params, learning_rate),
+        steps,
+        list(engine.meta_params.values()),
+    )
+
+
+def engine_gradient(engine: Engine, episodes: Sequence[Episode]) -> list[torch.Tensor]:
+    """``engine.meta_step(episodes)``'s gradients in the order of ``engine.meta_params``, zeros
+    for meta-parameters that got none (to compare with :func:`reference_engine_gradient`)."""
+    grads = engine.meta_step(episodes).grads
+    return [grads.get(n, torch.zeros_like(p)) for n, p in engine.meta_params.items()]

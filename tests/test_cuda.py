@@ -17,14 +17,20 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-import fewmask.engine.batchnorm
 from fewmask import Engine, EngineOptions, Episode, Trainer, create
 from fewmask.config import TrainConfig
-from fewmask.testing import functional_forward, make_dataset, reference_meta_gradient
+from fewmask.testing import (
+    ENGINE_PATHS,
+    engine_gradient,
+    make_dataset,
+    random_episodes,
+    reference_engine_gradient,
+)
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("fused_batchnorm_on_tiny_inputs"),
 ]
 
 WAYS, LR, STEPS, SHAPE = 3, 0.4, 2, (3, 16, 16)
@@ -34,33 +40,11 @@ MODELS = {
     "resnet12": {"channels": [2, 3, 3, 4]},
     "wrn28_10": {"depth": 10, "widen_factor": 1},
 }
-PATHS = {
-    "exact": None,
-    "fused_sgd": EngineOptions(fused_sgd=True),
-    "fused_batchnorm": EngineOptions(fused_batchnorm=True),
-    "channels_last": EngineOptions(fused_batchnorm=True, channels_last=True),
-    "fast": EngineOptions.fast(),
-}
-
-
-@pytest.fixture(autouse=True)
-def fused_batchnorm_on_tiny_inputs(monkeypatch):
-    monkeypatch.setattr(fewmask.engine.batchnorm, "MIN_NUMEL", 0)
 
 
 def episodes(count=2, dtype=torch.float64, device="cuda") -> list[Episode]:
     g = torch.Generator().manual_seed(11)
-    labels = torch.arange(WAYS)
-
-    def images(n):
-        return torch.randn(n * WAYS, *SHAPE, generator=g, dtype=dtype)
-
-    return [
-        Episode(images(2), labels.repeat_interleave(2), images(3), labels.repeat_interleave(3)).to(
-            device, dtype
-        )
-        for _ in range(count)
-    ]
+    return [e.to(device, dtype) for e in random_episodes(count, WAYS, 2, 3, SHAPE, g, dtype=dtype)]
 
 
 def build(model, algorithm, options=None, dtype=torch.float64, **backbone_options):
@@ -76,36 +60,19 @@ def build(model, algorithm, options=None, dtype=torch.float64, **backbone_option
     return Engine(backbone, masker, inner, create("objective", algorithm), options)
 
 
-def loop_gradient(engine: Engine, eps) -> list[torch.Tensor]:
-    params = dict(engine.backbone.named_parameters())
-    return reference_meta_gradient(
-        functional_forward(engine.backbone),
-        params,
-        engine.masker.masks,
-        eps,
-        dict.fromkeys(params, LR),
-        STEPS,
-        list(engine.meta_params.values()),
-    )
-
-
-def engine_gradient(engine: Engine, eps) -> list[torch.Tensor]:
-    grads = engine.meta_step(eps).grads
-    return [grads.get(n, torch.zeros_like(p)) for n, p in engine.meta_params.items()]
-
-
 def relative(got, want) -> float:
     got, want = torch.cat([g.flatten() for g in got]), torch.cat([w.flatten() for w in want])
     return ((got - want).norm() / want.norm()).item()
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", ENGINE_PATHS)
 @pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_engine_path_matches_per_task_loop_on_cuda(model, algorithm, path):
-    engine = build(model, algorithm, PATHS[path])
+    engine = build(model, algorithm, ENGINE_PATHS[path])
     eps = episodes()
-    assert relative(engine_gradient(engine, eps), loop_gradient(engine, eps)) < 1e-10
+    want = reference_engine_gradient(engine, eps, LR, STEPS)
+    assert relative(engine_gradient(engine, eps), want) < 1e-10
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
@@ -136,7 +103,7 @@ def sync_debug(mode: str) -> Iterator[list[str]]:
 @pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
 @pytest.mark.parametrize("model", ["omniglot_mlp", "conv4", "resnet12"])
 def test_meta_step_does_not_synchronise(model, algorithm, path):
-    engine = build(model, algorithm, PATHS[path], dtype=torch.float32)
+    engine = build(model, algorithm, ENGINE_PATHS[path], dtype=torch.float32)
     eps = episodes(dtype=torch.float32)
     engine.meta_step(eps)  # warm-up: cuBLAS/cuDNN handles, allocator
     with sync_debug("error"):

@@ -18,7 +18,12 @@ import fewmask.engine.batchnorm
 from fewmask import Engine, EngineOptions, create
 from fewmask.engine.batchnorm import batch_norm_train, fused_batchnorm
 from fewmask.interfaces import Episode, InnerOptimizer, Masker, MetaObjective
-from fewmask.testing import functional_forward, reference_meta_gradient
+from fewmask.testing import (
+    ENGINE_PATHS,
+    functional_forward,
+    random_episodes,
+    reference_meta_gradient,
+)
 
 WAYS, LR, STEPS = 3, 0.4, 2
 MODELS = {
@@ -26,31 +31,13 @@ MODELS = {
     "conv4": ({"channels": 3}, (2, 16, 16)),
     "resnet12": ({"channels": [2, 3, 3, 4]}, (2, 16, 16)),
 }
-PATHS = {
-    "fused_sgd": EngineOptions(fused_sgd=True),
-    "fused_batchnorm": EngineOptions(fused_batchnorm=True),
-    "channels_last": EngineOptions(fused_batchnorm=True, channels_last=True),
-    "fast": EngineOptions.fast(),
-}
-
-
-@pytest.fixture(autouse=True)
-def fused_batchnorm_on_tiny_inputs(monkeypatch):
-    """The test models are far below the size at which the fused BatchNorm is used."""
-    monkeypatch.setattr(fewmask.engine.batchnorm, "MIN_NUMEL", 0)
+PATHS = {name: options for name, options in ENGINE_PATHS.items() if options is not None}
+pytestmark = pytest.mark.usefixtures("fused_batchnorm_on_tiny_inputs")
 
 
 def episodes(shape, count=2) -> list[Episode]:
     g = torch.Generator().manual_seed(11)
-    labels = torch.arange(WAYS)
-
-    def images(n):
-        return torch.randn(n * WAYS, *shape, generator=g, dtype=torch.float64)
-
-    return [
-        Episode(images(2), labels.repeat_interleave(2), images(3), labels.repeat_interleave(3))
-        for _ in range(count)
-    ]
+    return random_episodes(count, WAYS, 2, 3, shape, g, dtype=torch.float64)
 
 
 def build(model, algorithm, inner_name, first_order=False):

@@ -15,22 +15,11 @@ from fewmask.datasets.layout import read_split_file
 from fewmask.errors import DatasetError
 from fewmask.failures import describe
 
-TINY = """\
-seed: 1
-dataset: {name: glyphs}
-sampler: {name: episodic, options: {ways: 3, shots: 1}}
-backbone: {name: omniglot_mlp, options: {hidden: [8, 8]}}
-objective: {name: metaticket, options: {warmup: 0}}
-inner: {name: sgd, options: {lr: 0.4, steps: 1}}
-train: {iterations: 3, meta_batch_size: 1, val_episodes: 0, test_episodes: 3, progress: false,
-        checkpoint_every: 1}
-"""
-
 
 @pytest.fixture
-def config(tmp_path):
+def config(tmp_path, tiny_run):
     path = tmp_path / "c.yaml"
-    path.write_text(TINY)
+    path.write_text(tiny_run(3))
     return path
 
 

@@ -9,26 +9,16 @@ per-seed ratios), and its median error too. The exact engine equals the plain lo
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "fp32_error.py"
-
-
-def fp32_error():
-    spec = importlib.util.spec_from_file_location("fp32_error", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("channels", [(16, 16, 16, 16), (8, 8, 16, 16), (4, 4, 8, 8)])
-def test_fast_engine_fp32_error_is_within_a_small_factor_of_the_exact_engines(channels):
+def test_fast_engine_fp32_error_is_within_a_small_factor_of_the_exact_engines(
+    channels, load_benchmark
+):
     pytest.importorskip("fewmask_plugin_metaticket")
-    module = fp32_error()
+    module = load_benchmark("fp32_error")
     levers = {"exact": module.LEVERS["exact"], "fast": module.LEVERS["fast"]}
     rows = [module.seed_errors(s, channels, 32, "metaticket", 2, levers) for s in range(6)]
     assert all(r["exact"] == r["loop"] for r in rows)

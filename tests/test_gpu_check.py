@@ -4,7 +4,6 @@ the rare sessions that are lent a GPU. Figures are not checked, only that they a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,13 +15,6 @@ import pytest
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(SCRIPT), str(out), "--cpu-dry-run", *args]
@@ -30,9 +22,9 @@ def run(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_cpu_dry_run_writes_the_json_and_the_table(tmp_path):
+def test_cpu_dry_run_writes_the_json_and_the_table(tmp_path, load_benchmark):
     pytest.importorskip("fewmask_plugin_metaticket")
-    gpu_check = load_script()
+    gpu_check = load_benchmark("gpu_check")
     done = run(tmp_path / "check")
     assert done.returncode == 0, done.stderr
     out = tmp_path / "check"
@@ -98,10 +90,10 @@ def test_a_part_out_of_time_is_recorded_and_the_others_still_run(tmp_path):
     assert "| environment | timeout |" in (tmp_path / "gpu_check.md").read_text()
 
 
-def test_plugins_are_found_from_the_tree_without_installing(tmp_path):
+def test_plugins_are_found_from_the_tree_without_installing(tmp_path, load_benchmark):
     """The metadata folder declares every plugin's entry point; on PYTHONPATH, a Python that
     has none of fewmask installed finds them there."""
-    sources = load_script().metadata_folder(tmp_path)
+    sources = load_benchmark("gpu_check").metadata_folder(tmp_path)
     assert sources[0] == SCRIPT.parents[1]
     code = (
         "import importlib.metadata as m; "

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,17 +17,6 @@ from fewmask.checkpoint import load_checkpoint, save_checkpoint, state_digest
 from fewmask.cli import main
 from fewmask.errors import CheckpointError, CheckpointWriteError, FewmaskWarning, NonFiniteError
 from fewmask.run import RunFolder
-
-TINY = """\
-seed: 1
-dataset: {name: glyphs}
-sampler: {name: episodic, options: {ways: 3, shots: 1}}
-backbone: {name: omniglot_mlp, options: {hidden: [8, 8]}}
-objective: {name: metaticket, options: {warmup: 0}}
-inner: {name: sgd, options: {lr: 0.4, steps: 1}}
-train: {iterations: 4, meta_batch_size: 1, val_episodes: 0, test_episodes: 3, progress: false,
-        checkpoint_every: 1, log_every: 1}
-"""
 
 
 def state() -> dict:
@@ -38,11 +28,23 @@ def state() -> dict:
     }
 
 
-def train(tmp_path, *overrides: str) -> int:
+@pytest.fixture
+def tiny(tiny_run) -> str:
+    """This file's run: four iterations, every one logged."""
+    return tiny_run(4, log_every=1)
+
+
+@pytest.fixture
+def train(tmp_path, tiny) -> Callable[..., int]:
+    """``train(*overrides)``: ``fewmask train`` of ``tiny`` into ``tmp_path / "run"``."""
     config = tmp_path / "c.yaml"
-    config.write_text(TINY)
-    args = ["train", str(config), "--run-dir", str(tmp_path / "run")]
-    return main([*args, *(x for o in overrides for x in ("-o", o))])
+    config.write_text(tiny)
+
+    def run(*overrides: str) -> int:
+        args = ["train", str(config), "--run-dir", str(tmp_path / "run")]
+        return main([*args, *(x for o in overrides for x in ("-o", o))])
+
+    return run
 
 
 # ----------------------------------------------------------------------------- digests
@@ -122,8 +124,8 @@ def test_an_unwritable_checkpoint_is_a_clear_error_and_the_old_one_stays(tmp_pat
 # ----------------------------------------------------------------------------- previous one
 
 
-def test_the_previous_checkpoint_is_kept_and_used_when_the_latest_fails(tmp_path, capsys):
-    assert train(tmp_path) == 0
+def test_the_previous_checkpoint_is_kept_and_used_when_the_latest_fails(train, tmp_path, capsys):
+    assert train() == 0
     run = RunFolder(tmp_path / "run")
     assert load_checkpoint(run.checkpoint)["iteration"] == 4
     assert load_checkpoint(run.previous_checkpoint)["iteration"] == 3
@@ -140,8 +142,8 @@ def test_the_previous_checkpoint_is_kept_and_used_when_the_latest_fails(tmp_path
     assert f"at iteration 6 from {run.checkpoint}" in capsys.readouterr().err
 
 
-def test_both_checkpoints_bad_names_both(tmp_path, capsys):
-    assert train(tmp_path, "train.iterations=2") == 0
+def test_both_checkpoints_bad_names_both(train, tmp_path, capsys):
+    assert train("train.iterations=2") == 0
     run = RunFolder(tmp_path / "run")
     for path in (run.checkpoint, run.previous_checkpoint):
         path.write_bytes(path.read_bytes()[:100])
@@ -151,9 +153,9 @@ def test_both_checkpoints_bad_names_both(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_resume_without_a_checkpoint_is_refused_not_restarted(tmp_path, capsys):
+def test_resume_without_a_checkpoint_is_refused_not_restarted(train, tmp_path, capsys):
     """Issue 12, item 5: no silent retraining from iteration 0 over the old metrics."""
-    assert train(tmp_path, "train.iterations=2") == 0
+    assert train("train.iterations=2") == 0
     run = RunFolder(tmp_path / "run")
     metrics = run.metrics.read_text()
     run.checkpoint.unlink()
@@ -166,10 +168,10 @@ def test_resume_without_a_checkpoint_is_refused_not_restarted(tmp_path, capsys):
 # ----------------------------------------------------------------------------- non-finite values
 
 
-def test_a_non_finite_state_is_never_saved(tmp_path):
+def test_a_non_finite_state_is_never_saved(tiny, tmp_path):
     from fewmask import build_trainer
 
-    trainer = build_trainer({**yaml.safe_load(TINY), "run_dir": str(tmp_path)})
+    trainer = build_trainer({**yaml.safe_load(tiny), "run_dir": str(tmp_path)})
     trainer.save()
     before = trainer.run.checkpoint.read_bytes()
     with torch.no_grad():
@@ -179,11 +181,10 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
     assert trainer.run.checkpoint.read_bytes() == before
 
 
-def test_nan_stops_the_run_keeps_the_last_good_checkpoint_and_test_refuses(tmp_path, capsys):
+def test_nan_stops_the_run_keeps_the_last_good_checkpoint_and_test_refuses(train, tmp_path, capsys):
     """MAML with a huge outer lr: the weights explode, the loss turns NaN; the checkpoint left
     is finite, the stop is recorded and `fewmask test` does not report an accuracy."""
     status = train(
-        tmp_path,
         "objective={name: maml, options: {lr: 1.0e+30, optimizer: sgd}}",
         "train.iterations=20",
     )
@@ -201,9 +202,8 @@ def test_nan_stops_the_run_keeps_the_last_good_checkpoint_and_test_refuses(tmp_p
     assert f"remove {run.stopped}" in err
 
 
-def test_nan_before_the_first_checkpoint_leaves_none_and_says_so(tmp_path, capsys):
+def test_nan_before_the_first_checkpoint_leaves_none_and_says_so(train, tmp_path, capsys):
     status = train(
-        tmp_path,
         "objective={name: maml, options: {lr: 1.0e+30, optimizer: sgd}}",
         "train.iterations=20",
         "train.checkpoint_every=10",
@@ -215,18 +215,18 @@ def test_nan_before_the_first_checkpoint_leaves_none_and_says_so(tmp_path, capsy
     assert "no checkpoint at" in capsys.readouterr().err
 
 
-def test_diverging_scores_warn(tmp_path, capsys):
+def test_diverging_scores_warn(train, capsys):
     """Meta-ticket with a huge outer lr keeps finite losses (only the order of the scores
     matters) while the scores reach ~1e31: a warning says the run diverges."""
-    assert train(tmp_path, "objective.options.lr=1.0e+30") == 0
+    assert train("objective.options.lr=1.0e+30") == 0
     err = capsys.readouterr().err
     assert "warning: meta-parameter" in err and "the run is diverging" in err
 
 
-def test_diverging_scores_warn_in_python(tmp_path):
+def test_diverging_scores_warn_in_python(tiny, tmp_path):
     from fewmask import build_trainer
 
-    config = yaml.safe_load(TINY.replace("warmup: 0", "warmup: 0, lr: 1.0e+30"))
+    config = yaml.safe_load(tiny.replace("warmup: 0", "warmup: 0, lr: 1.0e+30"))
     trainer = build_trainer({**config, "run_dir": str(tmp_path)})
     with pytest.warns(FewmaskWarning, match="outer learning rate .* far too high"):
         trainer.fit()

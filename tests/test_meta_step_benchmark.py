@@ -5,7 +5,6 @@ float64 run of it (a correctness check; timings are not checked).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,16 +16,8 @@ import pytest
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "meta_step.py"
 
 
-def script_columns() -> list[str]:
-    """The table columns the script declares, as printed on a CPU."""
-    spec = importlib.util.spec_from_file_location("meta_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return [c.format(unit="GFLOP/s") for c in module.COLUMNS]
-
-
 @pytest.mark.slow
-def test_tiny_benchmark_table_and_gradients(tmp_path):
+def test_tiny_benchmark_table_and_gradients(tmp_path, load_benchmark):
     pytest.importorskip("fewmask_plugin_metaticket")
     rows_path = tmp_path / "rows.json"
     command = [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--json", str(rows_path)]
@@ -36,7 +27,8 @@ def test_tiny_benchmark_table_and_gradients(tmp_path):
     table = [line for line in out.splitlines() if line.startswith("|")]
     extra = ["engine vs fp64 loop", "loop vs fp64 loop"]
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header == script_columns() + extra
+    columns = [c.format(unit="GFLOP/s") for c in load_benchmark("meta_step").COLUMNS]
+    assert header == columns + extra  # the columns the script declares, as printed on a CPU
     assert {"loop s", "engine s", "grad diff"} <= set(header)
     rows = json.loads(rows_path.read_text())["rows"]
     assert len(table) == 2 + len(rows)

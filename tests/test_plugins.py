@@ -6,6 +6,7 @@ import importlib.metadata
 import sys
 import types
 
+import attrs
 import pytest
 
 import fewmask
@@ -121,6 +122,38 @@ def test_registry_rejects_wrong_classes_and_suggests_names():
         fewmask.UnknownComponentError, match="Did you mean 'metaticket'.*Available: metaticket"
     ):
         registry.get("masker", "metatiket")
+
+
+def test_config_and_description_come_from_the_class_unless_given():
+    @attrs.frozen
+    class Options:
+        sparsity: float = 0.5
+
+    class Declared(DenseMasker):
+        config_class = Options
+        description = "declared on the class"
+
+    registry = Registry()
+    scoped = registry.scoped(Provider("t", "t", "0"))
+    scoped.add_masker("declared", Declared)
+    scoped.add_masker("given", Declared, config=None, description="given")
+    scoped.add_masker("plain", DenseMasker)
+    declared = registry.get("masker", "declared")
+    assert (declared.config_cls, declared.description) == (Options, "declared on the class")
+    assert registry.get("masker", "given").description == "given"
+    assert registry.get("masker", "plain").config_cls is None
+
+    class BadConfig(DenseMasker):
+        config_class = dict
+
+    class BadDescription(DenseMasker):
+        description = ("not", "a string")
+
+    with pytest.raises(TypeError, match="'bad': config must be an attrs class"):
+        scoped.add_masker("bad", BadConfig)
+    with pytest.raises(TypeError, match="'bad': description must be a string"):
+        scoped.add_masker("bad", BadDescription)
+    assert "bad" not in registry.names("masker")
 
 
 def test_every_hookspec_is_documented():

@@ -17,17 +17,6 @@ from fewmask.errors import ConfigError
 from fewmask.experiments.outputs import MANIFEST, discard_outputs, record
 from fewmask.run import RunFolder
 
-TINY = """\
-seed: 1
-dataset: {name: glyphs}
-sampler: {name: episodic, options: {ways: 3, shots: 1}}
-backbone: {name: omniglot_mlp, options: {hidden: [8, 8]}}
-objective: {name: metaticket, options: {warmup: 0}}
-inner: {name: sgd, options: {lr: 0.4, steps: 1}}
-train: {iterations: 2, meta_batch_size: 1, val_episodes: 0, test_episodes: 3, progress: false,
-        checkpoint_every: 1}
-"""
-
 HOLDER = """
 import sys, time
 from fewmask.runlock import acquire
@@ -38,9 +27,9 @@ time.sleep(120)
 
 
 @pytest.fixture
-def config(tmp_path):
+def config(tmp_path, tiny_run):
     path = tmp_path / "c.yaml"
-    path.write_text(TINY)
+    path.write_text(tiny_run(2))
     return path
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import fewmask.datasets as disk_datasets
 from fewmask.builtins import convnets
 from fewmask.builtins.backbones import MLP, MLP5Config, OmniglotMLPConfig
-from fewmask.builtins.inner import SGDInner, SGDInnerConfig
+from fewmask.builtins.inner import SGDInner
 from fewmask.builtins.maskers import DenseMasker
-from fewmask.builtins.objectives import MAMLConfig, MAMLObjective
-from fewmask.builtins.samplers import EpisodicConfig, EpisodicSampler
+from fewmask.builtins.objectives import MAMLObjective
+from fewmask.builtins.samplers import EpisodicSampler
 from fewmask.hookspecs import hookimpl
 
 
 @hookimpl
 def fewmask_register(registry) -> None:
+    # One MLP class with two configs: these two name their config and description here; every
+    # other class declares its own (``config_class``, ``description``).
     registry.add_backbone(
         "omniglot_mlp",
         MLP,
@@ -28,22 +30,7 @@ def fewmask_register(registry) -> None:
     )
     convnets.register(registry)
     disk_datasets.register(registry)
-    registry.add_masker("dense", DenseMasker, description="no mask (MAML family)")
-    registry.add_inner_optimizer(
-        "sgd",
-        SGDInner,
-        config=SGDInnerConfig,
-        description="differentiable SGD steps on the support set",
-    )
-    registry.add_objective(
-        "maml",
-        MAMLObjective,
-        config=MAMLConfig,
-        description="meta-learn the initial weights (MAML; first-order via inner.first_order)",
-    )
-    registry.add_sampler(
-        "episodic",
-        EpisodicSampler,
-        config=EpisodicConfig,
-        description="N-way K-shot Q-query episodes from in-memory tensors",
-    )
+    registry.add_masker("dense", DenseMasker)
+    registry.add_inner_optimizer("sgd", SGDInner)
+    registry.add_objective("maml", MAMLObjective)
+    registry.add_sampler("episodic", EpisodicSampler)

@@ -111,6 +111,9 @@ class Conv4(LinearHeadBackbone):
     batch-statistics BatchNorm cancels anyway); the head keeps PyTorch's default Linear init.
     """
 
+    config_class = Conv4Config
+    description = "4 x [conv3x3 -> BatchNorm -> ReLU -> max-pool] (64 ch) + Linear head"
+
     def __init__(self, config: Conv4Config, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         require_valid(config)
@@ -206,6 +209,9 @@ class ResNet12(LinearHeadBackbone):
     kaiming-normal (fan-out, leaky_relu), BN gamma 1 and beta 0, the head PyTorch's default.
     84x84 images shrink 84 -> 42 -> 21 -> 10 -> 5 before the average pool.
     """
+
+    config_class = ResNet12Config
+    description = "ResNet-12 (BOIL/MetaOptNet, 64-160-320-640, LeakyReLU) + Linear head"
 
     def __init__(self, config: ResNet12Config, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
@@ -343,6 +349,9 @@ class WideResNet(LinearHeadBackbone):
     reference layout and parameter count.
     """
 
+    config_class = WRNConfig
+    description = "Wide ResNet 28-10 (pre-activation, conv biases, ~36.5M params) + Linear head"
+
     def __init__(self, config: WRNConfig, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         require_valid(config)
@@ -380,21 +389,6 @@ class WideResNet(LinearHeadBackbone):
 
 def register(registry) -> None:
     """Register ``conv4``, ``resnet12`` and ``wrn28_10`` with ``registry``."""
-    registry.add_backbone(
-        "conv4",
-        Conv4,
-        config=Conv4Config,
-        description="4 x [conv3x3 -> BatchNorm -> ReLU -> max-pool] (64 ch) + Linear head",
-    )
-    registry.add_backbone(
-        "resnet12",
-        ResNet12,
-        config=ResNet12Config,
-        description="ResNet-12 (BOIL/MetaOptNet, 64-160-320-640, LeakyReLU) + Linear head",
-    )
-    registry.add_backbone(
-        "wrn28_10",
-        WideResNet,
-        config=WRNConfig,
-        description="Wide ResNet 28-10 (pre-activation, conv biases, ~36.5M params) + Linear head",
-    )
+    registry.add_backbone("conv4", Conv4)
+    registry.add_backbone("resnet12", ResNet12)
+    registry.add_backbone("wrn28_10", WideResNet)

@@ -40,6 +40,9 @@ class SGDInner(InnerOptimizer):
         fast = inner.adapt(dict(backbone.named_parameters()), loss_fn, training=True)
     """
 
+    config_class = SGDInnerConfig
+    description = "differentiable SGD steps on the support set"
+
     def __init__(self, config: SGDInnerConfig):
         self.config = config
         self.steps = config.steps

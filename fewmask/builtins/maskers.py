@@ -8,6 +8,8 @@ from fewmask.interfaces import Backbone, Masker, Params
 class DenseMasker(Masker):
     """Every weight is used as it is; there are no scores to meta-learn."""
 
+    description = "no mask (MAML family)"
+
     def __init__(self) -> None:
         super().__init__()
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import attrs
-import torch
 from torch import nn
 
-from fewmask.interfaces import Backbone, Masker, MetaObjective
-from fewmask.outer import OuterConfig, ScheduledLR, build_outer_optimizer
+from fewmask.interfaces import Backbone, Masker
+from fewmask.outer import OuterConfig, OuterLoopObjective
 
 
 @attrs.frozen
@@ -15,23 +14,18 @@ class MAMLConfig(OuterConfig):
     """Options of ``maml``: AdamW 1e-3 at a constant rate, as in the paper's baselines."""
 
 
-class MAMLObjective(MetaObjective):
+class MAMLObjective(OuterLoopObjective):
     """MAML (Finn et al., 2017): the outer loop learns every backbone parameter's initial value.
 
     First-order MAML is the same objective with ``inner.options.first_order: true``; ANIL and BOIL
     differ only in the inner learning rates. Losses and metrics: cross-entropy and accuracy.
     """
 
+    config_class = MAMLConfig
+    description = "meta-learn the initial weights (MAML; first-order via inner.first_order)"
+
     def __init__(self, config: MAMLConfig):
         self.config = config
 
     def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:
         return dict(backbone.named_parameters())
-
-    def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return build_outer_optimizer(self.config, params)
-
-    def build_scheduler(
-        self, optimizer: torch.optim.Optimizer, total_iterations: int
-    ) -> ScheduledLR:
-        return ScheduledLR(optimizer, self.config, total_iterations)

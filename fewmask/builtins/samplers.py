@@ -35,6 +35,9 @@ class EpisodicSampler(EpisodeSampler):
     on a GPU gives the same episodes as on the CPU, cut out there.
     """
 
+    config_class = EpisodicConfig
+    description = "N-way K-shot Q-query episodes from in-memory tensors"
+
     def __init__(self, config: EpisodicConfig):
         self.config = config
         self.ways = config.ways

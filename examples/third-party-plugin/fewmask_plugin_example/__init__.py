@@ -23,18 +23,8 @@ __version__ = "0.1.0"
 @hookimpl
 def fewmask_register(registry) -> None:
     """Called once per session by fewmask; adds this plugin's components to ``registry``."""
-    registry.add_masker(
-        "global_magnitude",
-        GlobalMagnitudeMasker,
-        config=GlobalMagnitudeConfig,
-        description="scores start as |w|; one threshold over all layers, fixed; STE",
-    )
-    registry.add_objective(
-        "smoothed_scores",
-        SmoothedScoresObjective,
-        config=SmoothedScoresConfig,
-        description="meta-learn mask scores; label-smoothed cross-entropy query loss",
-    )
+    registry.add_masker("global_magnitude", GlobalMagnitudeMasker)
+    registry.add_objective("smoothed_scores", SmoothedScoresObjective)
 
 
 __all__ = [

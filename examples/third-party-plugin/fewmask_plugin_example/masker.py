@@ -42,6 +42,9 @@ def straight_through(scores: Tensor, threshold: Tensor) -> Tensor:
 class GlobalMagnitudeMasker(Masker):
     """Scores (parameters) initialised to ``|weight|``, one global threshold (a buffer)."""
 
+    config_class = GlobalMagnitudeConfig
+    description = "scores start as |w|; one threshold over all layers, fixed; STE"
+
     def __init__(self, config: GlobalMagnitudeConfig):
         super().__init__()
         self.config = config

@@ -38,6 +38,8 @@ class SmoothedScoresConfig:
 class SmoothedScoresObjective(MetaObjective):
     """Meta-learn the masker's scores; query loss = label-smoothed cross-entropy."""
 
+    config_class = SmoothedScoresConfig
+    description = "meta-learn mask scores; label-smoothed cross-entropy query loss"
     default_masker = "global_magnitude"
 
     def __init__(self, config: SmoothedScoresConfig):

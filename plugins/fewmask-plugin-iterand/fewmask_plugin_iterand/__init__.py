@@ -16,12 +16,7 @@ __version__ = "0.1.0"
 
 @hookimpl
 def fewmask_register(registry) -> None:
-    registry.add_masker(
-        "iterand",
-        IteRandMasker,
-        config=IteRandConfig,
-        description="IteRand: re-draw pruned weights every `period` iterations (wraps a masker)",
-    )
+    registry.add_masker("iterand", IteRandMasker)
 
 
 __all__ = ["IteRandConfig", "IteRandMasker", "rerandomize_pruned"]

@@ -45,6 +45,9 @@ class IteRandConfig:
 class IteRandMasker(Masker):
     """Wraps another masker (``base``) and re-draws its pruned weights every ``period`` steps."""
 
+    config_class = IteRandConfig
+    description = "IteRand: re-draw pruned weights every `period` iterations (wraps a masker)"
+
     def __init__(self, config: IteRandConfig, *, base: Masker):
         """``base`` is the wrapped masker, built by the factory from ``config.base``
         (``fewmask.create("masker", "iterand", {...})`` does that)."""

@@ -23,18 +23,9 @@ __version__ = "0.1.0"
 
 @hookimpl
 def fewmask_register(registry) -> None:
-    registry.add_inner_optimizer(
-        "anil", ANILPolicy, config=PolicyConfig, description="inner SGD on the head only (ANIL)"
-    )
-    registry.add_inner_optimizer(
-        "boil", BOILPolicy, config=PolicyConfig, description="inner SGD on the body only (BOIL)"
-    )
-    registry.add_inner_optimizer(
-        "per_layer",
-        PerLayerPolicy,
-        config=PerLayerConfig,
-        description="inner SGD with per-layer rates by name pattern or group",
-    )
+    registry.add_inner_optimizer("anil", ANILPolicy)
+    registry.add_inner_optimizer("boil", BOILPolicy)
+    registry.add_inner_optimizer("per_layer", PerLayerPolicy)
 
 
-__all__ = ["ANILPolicy", "BOILPolicy", "PerLayerConfig", "PerLayerPolicy"]
+__all__ = ["ANILPolicy", "BOILPolicy", "PerLayerConfig", "PerLayerPolicy", "PolicyConfig"]

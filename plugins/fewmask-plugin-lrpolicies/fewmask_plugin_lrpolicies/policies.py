@@ -48,6 +48,7 @@ class PerLayerConfig(SGDInnerConfig):
 class GroupPolicy(SGDInner):
     """SGD with rate ``lr`` for the groups in ``adapted`` and 0 for the others."""
 
+    config_class = PolicyConfig
     adapted: frozenset[str]
 
     def learning_rates(self, backbone: Backbone) -> dict[str, float]:
@@ -60,17 +61,22 @@ class GroupPolicy(SGDInner):
 class ANILPolicy(GroupPolicy):
     """Only the head adapts in the inner loop (ANIL)."""
 
+    description = "inner SGD on the head only (ANIL)"
     adapted = frozenset({"head"})
 
 
 class BOILPolicy(GroupPolicy):
     """Only the body adapts in the inner loop (BOIL)."""
 
+    description = "inner SGD on the body only (BOIL)"
     adapted = frozenset({"body"})
 
 
 class PerLayerPolicy(SGDInner):
     """Per-parameter rates by name pattern or group; unmatched parameters get ``lr``."""
+
+    config_class = PerLayerConfig
+    description = "inner SGD with per-layer rates by name pattern or group"
 
     def learning_rates(self, backbone: Backbone) -> dict[str, float]:
         rates = {}

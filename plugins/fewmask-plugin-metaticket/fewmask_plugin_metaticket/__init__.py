@@ -23,18 +23,8 @@ __version__ = "0.1.0"
 
 @hookimpl
 def fewmask_register(registry) -> None:
-    registry.add_masker(
-        "metaticket",
-        MetaTicketMasker,
-        config=MetaTicketConfig,
-        description="Meta-ticket: scores -> binary mask, fixed per-layer threshold, STE",
-    )
-    registry.add_objective(
-        "metaticket",
-        MetaTicketObjective,
-        config=MetaTicketObjectiveConfig,
-        description="meta-learn mask scores (SGD lr 10, momentum 0.9, warmup + cosine)",
-    )
+    registry.add_masker("metaticket", MetaTicketMasker)
+    registry.add_objective("metaticket", MetaTicketObjective)
 
 
 __all__ = [

@@ -82,6 +82,9 @@ def _key(name: str) -> str:
 class MetaTicketMasker(Masker):
     """Scores and fixed thresholds over a backbone's maskable weights (Chijiwa et al., 2022)."""
 
+    config_class = MetaTicketConfig
+    description = "Meta-ticket: scores -> binary mask, fixed per-layer threshold, STE"
+
     def __init__(self, config: MetaTicketConfig | None = None):
         super().__init__()
         self.config = config or MetaTicketConfig()

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import attrs
-import torch
 from torch import nn
 
-from fewmask import (
-    Backbone,
-    ConfigError,
-    Masker,
-    MetaObjective,
-    OuterConfig,
-    ScheduledLR,
-    build_outer_optimizer,
-    option,
-)
+from fewmask import Backbone, ConfigError, Masker, OuterConfig, OuterLoopObjective, option
 
 
 @attrs.frozen
@@ -28,10 +18,12 @@ class MetaTicketObjectiveConfig(OuterConfig):
     warmup: int = option(1000, ge=0, help="linear warmup iterations (100 for CIFAR-FS/VGG-Flower)")
 
 
-class MetaTicketObjective(MetaObjective):
+class MetaTicketObjective(OuterLoopObjective):
     """Only the scores are meta-learned: BatchNorm, biases and the head stay at their initial
     values in the outer loop (they are still adapted per task in the inner loop)."""
 
+    config_class = MetaTicketObjectiveConfig
+    description = "meta-learn mask scores (SGD lr 10, momentum 0.9, warmup + cosine)"
     default_masker = "metaticket"
     needs_scores = True
 
@@ -49,11 +41,3 @@ class MetaTicketObjective(MetaObjective):
                 ]
             )
         return scores
-
-    def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return build_outer_optimizer(self.config, params)
-
-    def build_scheduler(
-        self, optimizer: torch.optim.Optimizer, total_iterations: int
-    ) -> ScheduledLR:
-        return ScheduledLR(optimizer, self.config, total_iterations)

@@ -23,12 +23,7 @@ __version__ = "0.1.0"
 
 @hookimpl
 def fewmask_register(registry) -> None:
-    registry.add_backbone(
-        "timm",
-        TimmBackbone,
-        config=TimmConfig,
-        description="any timm.list_models() model, pretrained=False, batch-statistics BatchNorm",
-    )
+    registry.add_backbone("timm", TimmBackbone)
 
 
 __all__ = [

@@ -172,6 +172,9 @@ def prepare_for_meta_learning(model: nn.Module) -> list[str]:
 class TimmBackbone(Backbone):
     """A timm model (``self.model``) split into body and head the way timm splits it."""
 
+    config_class = TimmConfig
+    description = "any timm.list_models() model, pretrained=False, batch-statistics BatchNorm"
+
     def __init__(self, config: TimmConfig, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         problems = config.check()  # already run at validation for configs read from files
