@@ -14,6 +14,7 @@ Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.C
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -344,7 +345,7 @@ def fields_markdown(cls: type) -> str:
                 default = default.name
             elif attrs.has(type(default)):
                 default = f"(section `{field.name}`)"
-        kind = type_name(field.type)
+        kind = type_name(written_annotation(cls, field.name, field.type))
         bounds = ", ".join(
             f"{k} {field.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in field.metadata
         )
@@ -359,6 +360,18 @@ def fields_markdown(cls: type) -> str:
             shown = f"`{default!r}`"
         rows.append(f"| `{field.name}` | `{kind}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
+
+
+def written_annotation(cls: type, name: str, default: Any) -> Any:
+    """The annotation of field ``name`` as written in ``cls`` or a base class (source text under
+    ``from __future__ import annotations``). attrs' ``field.type`` is replaced by the evaluated
+    type once anything (cattrs, for one) resolves the class, and evaluated types print
+    differently across Pythons (``Optional[X]`` on 3.10, ``X | None`` later)."""
+    for klass in cls.__mro__:
+        written = inspect.get_annotations(klass)
+        if name in written:
+            return written[name]
+    return default
 
 
 def type_name(annotation: Any) -> str:

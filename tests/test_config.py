@@ -192,3 +192,13 @@ def test_a_component_may_be_given_by_name_alone():
     assert problems({"backbone": "omniglot_mpl"})[0].startswith(
         "$.backbone.name: no backbone named 'omniglot_mpl'. Did you mean 'omniglot_mlp'?"
     )
+
+
+def test_the_options_reference_is_the_same_after_types_are_resolved():
+    """cattrs resolves a class's annotations in place; the reference must not change (on
+    Python 3.10 a resolved `X | None` prints as `Optional[X]`)."""
+    from fewmask.config import fields_markdown
+
+    before = fields_markdown(ExperimentConfig)
+    attrs.resolve_types(ExperimentConfig)
+    assert fields_markdown(ExperimentConfig) == before
