@@ -1,8 +1,9 @@
 """Exceptions raised by fewmask. Every one names the field, path, component or package at fault.
 
 ``exit_code`` is the status the ``fewmask`` command exits with: 2 for bad input (a config, an
-argument, a run folder that cannot be used, a run too large for the machine), 1 for a failure
-at run time (data, checkpoint, plugin, non-finite values).
+argument, a missing or malformed dataset at the path given, a run folder that cannot be used, a
+run too large for the machine), 1 for a failure at run time (checkpoint, plugin, non-finite
+values).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class CheckpointWriteError(CheckpointError, OSError):
 
 class DatasetError(FewmaskError):
     """A dataset that is missing, incomplete, corrupt or too small for the episodes asked for."""
+
+    exit_code = 2  # the data the user pointed at: bad input, like a config
 
 
 class NonFiniteError(FewmaskError, FloatingPointError):

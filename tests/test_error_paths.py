@@ -140,7 +140,7 @@ def test_describe_maps_every_kind_of_failure():
     assert describe(ConfigError(["$.x: bad"]))[1] == 2
     assert describe(RunLockedError("in use"))[1] == 2
     assert describe(ResourceError("too big"))[1] == 2
-    assert describe(DatasetError("missing"))[1] == 1
+    assert describe(DatasetError("missing"))[1] == 2
     assert describe(MemoryError())[0].startswith("out of memory")
     assert describe(RuntimeError("DefaultCPUAllocator: can't allocate memory: 68 GB"))[
         0
