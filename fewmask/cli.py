@@ -2,9 +2,9 @@
 
 Exit status: 0 success, 2 bad input (configuration, usage, a missing or malformed dataset, a run
 folder in use or unusable, a run too large for the device), 1 a failure at run time (checkpoint,
-plugin, non-finite values, the operating system). Errors are one clear message naming the path and the fix, never a
-traceback; ``--debug`` (anywhere on the line) or ``FEWMASK_DEBUG=1`` adds it
-(:mod:`fewmask.failures`).
+plugin, non-finite values, the operating system). Errors are one clear message naming the path
+and the fix, never a traceback; ``--debug`` (anywhere on the line) or ``FEWMASK_DEBUG=1`` adds
+it (:mod:`fewmask.failures`).
 
 ``train`` and ``test`` also run under ``torchrun`` (see docs/distributed.md): every rank trains,
 rank 0 alone prints and writes the run directory.
