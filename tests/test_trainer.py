@@ -250,7 +250,7 @@ def test_cli_errors_are_clear_and_exit_2(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
     config.write_text(CONFIG.format(run=tmp_path / "run2"))
-    assert main(["train", str(config), "-o", "dataset.options.path=/nonexistent/g.npz"]) == 1
+    assert main(["train", str(config), "-o", "dataset.options.path=/nonexistent/g.npz"]) == 2
     err = capsys.readouterr().err
     assert "/nonexistent/g.npz" in err and "Traceback" not in err
 
