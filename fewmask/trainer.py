@@ -200,18 +200,15 @@ class Trainer:
         return stats
 
     def _check_finite(self, it: int, loss: float, grads: Mapping[str, torch.Tensor]) -> None:
+        """Raise on a non-finite loss, or name the first non-finite gradient among ``grads``
+        (given only when train_step's one host read found one; searching them syncs per tensor)."""
+        kept = f"the last good checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}"
         if not math.isfinite(loss):
-            raise NonFiniteError(
-                f"meta-training loss is {loss} at iteration {it}; the last good checkpoint "
-                f"is kept{f' in {self.run_dir}' if self.run_dir else ''}"
-            )
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
-            return  # one device sync per iteration; find the culprit only when something is off
+            raise NonFiniteError(f"meta-training loss is {loss} at iteration {it}; {kept}")
         for name, grad in grads.items():
             if not torch.isfinite(grad).all():
                 raise NonFiniteError(
-                    f"meta-gradient of {name!r} is not finite at iteration {it}; the last good "
-                    f"checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}"
+                    f"meta-gradient of {name!r} is not finite at iteration {it}; {kept}"
                 )
 
     def _log_train(self, it: int, stats: Mapping[str, float]) -> None:
