@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,13 @@ class Trainer:
         self._sync_ranks()
 
     # ---------------------------------------------------------------- meta-training
-    def fit(self) -> dict[str, Any]:
+    def fit(self, *, callbacks: Sequence[Callable[[Trainer], None]] = ()) -> dict[str, Any]:
         """Meta-train to ``train.iterations``, then meta-test; returns the results dict.
+
+        Each of ``callbacks`` is called with the Trainer once after every iteration (after its
+        scalars are logged, before its validation and checkpoint), on every rank under
+        torchrun; ``trainer.iteration`` counts the iterations done, and ``trainer.logger``
+        writes to this run's logs. A resumed run calls them from the next iteration on.
 
         With a run folder, this process holds its lock meanwhile (another process writing the
         same folder is a RunLockedError); a non-finite value stops the run with NonFiniteError
@@ -146,6 +151,8 @@ class Trainer:
                     every = cfg.mask_image_every
                     if every and (it % every == 0 or it == cfg.iterations):
                         self._log_mask_picture(it)
+                    for callback in callbacks:
+                        callback(self)
                     if cfg.val_episodes and it % cfg.val_every == 0 and "val" in self.datasets:
                         val = self.evaluate("val", cfg.val_episodes, seed=self._val_seed(it))
                         self.logger.scalar("val/accuracy", val.mean, it)

@@ -17,7 +17,15 @@ from fewmask.cli import main
 from fewmask.experiments.mask_pictures import tile_images
 from fewmask.experiments.methods import method_patch
 from fewmask.experiments.plots import nice_ticks
-from fewmask.experiments.task_gradient import TaskGradientProbe, default_layer
+from fewmask.experiments.task_gradient import (
+    Curves,
+    TaskGradientProbe,
+    _resumed,
+    classifier_weight,
+    default_layer,
+    effective_weight,
+    head_dispersion,
+)
 from fewmask.interfaces import Episode
 from fewmask.testing import reference_mlp_forward
 
@@ -159,6 +167,56 @@ def test_constant_weights_uses_constant_weights_and_a_random_half_mask(base_conf
     for name in ("features.1.linear.weight", "features.2.linear.weight", "classifier.weight"):
         weight = state["backbone"][name]
         assert torch.allclose(weight, torch.full_like(weight, (2.0 / weight.shape[1]) ** 0.5))
+    diagnostics = read_csv(out / "constant_weights_diagnostics.csv")  # every 50: at 0 and last
+    iterations = {(r["variant"], r["seed"], r["iteration"]) for r in diagnostics}
+    assert iterations == {
+        *(("metaticket_constant", s, i) for s in ("1", "2") for i in ("0", "2")),
+        *(("random_subnetwork", s, "0") for s in ("1", "2")),
+    }
+
+
+CONSTANT_LAYERS = ("features.1.linear.weight", "features.2.linear.weight", "classifier.weight")
+SIGNED_GRID = (
+    "variants=[metaticket_constant,random_subnetwork,metaticket_signed_constant,"
+    "random_subnetwork_signed_constant]"
+)
+
+
+def test_constant_weights_diagnostics_and_the_signed_constant_arm(base_config, tmp_path):
+    out = tmp_path / "cw"
+    assert run("constant-weights", base_config, out, SIGNED_GRID, "diagnostics_every=1") == 0
+    columns = ["variant", "seed", "iteration", "layer", "participation_ratio", "hamming"]
+    table = assert_outputs(out, "constant_weights_diagnostics", [*columns, "sparsity"], 24)
+    expected = []
+    for variant in SIGNED_GRID.partition("[")[2].rstrip("]").split(","):
+        trained = not variant.startswith("random_subnetwork")
+        for it in ("0", "1", "2") if trained else ("0",):  # every iteration; controls at 0
+            expected += [(variant, "1", it, layer) for layer in CONSTANT_LAYERS]
+        own = read_csv(out / f"runs/{variant}-seed1/diagnostics.csv")  # the run's own rows
+        assert own == [{k: r[k] for k in own[0]} for r in table if r["variant"] == variant]
+    assert [(r["variant"], r["seed"], r["iteration"], r["layer"]) for r in table] == expected
+    start = {(r["variant"], r["layer"]): r for r in table if r["iteration"] == "0"}
+    for layer in CONSTANT_LAYERS[:2]:  # equal positive weights, dense mask: identical units
+        assert float(start["metaticket_constant", layer]["participation_ratio"]) == (
+            pytest.approx(1.0, abs=1e-6)
+        )
+        assert float(start["metaticket_constant", layer]["hamming"]) == 0.0
+        assert float(start["metaticket_signed_constant", layer]["participation_ratio"]) > 1.5
+        assert float(start["random_subnetwork", layer]["hamming"]) > 0.4
+    assert start["metaticket_constant", "classifier.weight"]["participation_ratio"] == ""
+    summary = (out / "constant_weights.md").read_text()
+    assert "PR (final, per layer)" in summary and " / " in summary
+    state = torch.load(
+        out / "runs/metaticket_signed_constant-seed1/checkpoint.pt", weights_only=False
+    )
+    for name in CONSTANT_LAYERS:  # sign(N(0, 1)) sqrt(2 / fan_in)
+        weight = state["backbone"][name]
+        size = (2.0 / weight.shape[1]) ** 0.5
+        assert torch.allclose(weight.abs(), torch.full_like(weight, size))
+        assert (weight > 0).any() and (weight < 0).any()
+    listed = json.loads((out / ".fewmask-experiment.json").read_text())["outputs"]
+    assert "runs/random_subnetwork-seed1/diagnostics.csv" in listed  # so --force removes it
+    assert "constant_weights_diagnostics.png" in listed
 
 
 def test_cross_domain_has_every_method_seed_and_domain(base_config, tmp_path):
@@ -180,9 +238,14 @@ def test_cross_domain_has_every_method_seed_and_domain(base_config, tmp_path):
 def test_task_gradient_records_one_value_per_iteration(base_config, tmp_path):
     out = tmp_path / "tg"
     assert run("task-gradient", base_config, out, "inner_lrs=[0.2,0.4]", "smooth=1") == 0
-    table = assert_outputs(out, "task_gradient", ["method", "inner_lr", "task_gradient"], 8)
+    columns = ["method", "inner_lr", "task_gradient", "head_dispersion"]
+    table = assert_outputs(out, "task_gradient", columns, 12)  # maml, metaticket, anil
+    assert {r["method"] for r in table} == {"maml", "metaticket", "anil"}
     assert all(float(r["task_gradient"]) > 0 for r in table)
+    assert all(float(r["head_dispersion"]) > 0 for r in table)
     assert sorted({r["iteration"] for r in table}) == ["1", "2"]
+    assert "head dispersion first 10%" in (out / "task_gradient.md").read_text()
+    assert not list(out.glob("runs/*/task_gradient.partial.json"))  # finished: final files only
 
 
 def test_mask_pictures_draw_the_first_layer_in_the_input_shape(base_config, tmp_path):
@@ -277,6 +340,11 @@ def test_method_patches_follow_the_paper_settings():
         ("cross-domain", "seedz=[1]", "$.experiment: unknown key(s): seedz"),
         ("constant-weights", "variants=[random]", "$.experiment.variants[0]"),
         (
+            "constant-weights",
+            "diagnostics_every=-1",
+            "$.experiment.diagnostics_every: must be >= 0",
+        ),
+        (
             "mask-pictures",
             "run_dir=/nowhere",
             "$.experiment.run_dir: /nowhere does not exist",
@@ -316,7 +384,7 @@ def test_nice_ticks_cover_the_range():
         assert ticks[0] <= low and ticks[-1] >= high and len(ticks) >= 2
 
 
-def test_probe_needs_plain_sgd_steps_on_an_adapted_layer():
+def test_probe_needs_plain_sgd_steps_and_a_backbone_parameter():
     backbone = create(
         "backbone", "omniglot_mlp", {"hidden": [5, 4]}, input_shape=(1, 3, 3), num_classes=3
     )
@@ -327,5 +395,176 @@ def test_probe_needs_plain_sgd_steps_on_an_adapted_layer():
     assert probe.plain_sgd(training=True) is None, "the engine must run adapt() through it"
     with pytest.raises(ConfigError, match="plain SGD"):
         TaskGradientProbe(probe, layer, masker).attach(backbone)
-    with pytest.raises(ConfigError, match="not adapted"):
-        TaskGradientProbe(inner, "no.such.weight", masker).attach(backbone)
+    with pytest.raises(ConfigError, match="'features.2.linear.wieght' is not a parameter"):
+        TaskGradientProbe(inner, "features.2.linear.wieght", masker).attach(backbone)
+    anil = TaskGradientProbe(create("inner_optimizer", "anil"), layer, masker)
+    anil.attach(backbone)  # a layer the inner loop leaves alone: the step-0 gradient
+    assert anil.lr == 0
+
+
+# ------------------------------------------------------------ task-gradient: ANIL, head, resume
+
+
+def probe_setup(inner_name, steps, masker_name="metaticket"):
+    """A float64 omniglot_mlp, its masker, the probe over ``inner_name``, an episode, a loss."""
+    torch.manual_seed(0)
+    shape, ways = (1, 3, 3), 3
+    backbone = create(
+        "backbone", "omniglot_mlp", {"hidden": [5, 4]}, input_shape=shape, num_classes=ways
+    )
+    masker = create("masker", masker_name, {"init_sparsity": 0.4} if masker_name != "dense" else {})
+    masker.attach(backbone)
+    backbone.double()
+    masker.double()
+    inner = create("inner_optimizer", inner_name, {"lr": 0.3, "steps": steps})
+    probe = TaskGradientProbe(inner, default_layer(backbone), masker)
+    probe.attach(backbone)
+    x = torch.randn(2 * ways, *shape, dtype=torch.float64)
+    y = torch.arange(ways).repeat(2)
+    masks = {n: m.detach() for n, m in masker.masks().items()}
+    params = {n: p.detach().clone().requires_grad_() for n, p in backbone.named_parameters()}
+
+    def loss_fn(p):
+        return F.cross_entropy(reference_mlp_forward(p, masks, x), y)
+
+    return probe, masks, params, loss_fn
+
+
+def test_anil_probe_records_the_step0_gradient_of_the_unadapted_layer():
+    probe, masks, params, loss_fn = probe_setup("anil", steps=2)
+    layer = probe.layer
+    assert probe.lr == 0  # ANIL adapts only the head
+    probe.recording = True
+    fast = probe.adapt(params, loss_fn, training=True)
+    assert torch.equal(fast[layer], params[layer])  # no inner update of the probed layer
+
+    (grad,) = torch.autograd.grad(loss_fn(params), params[layer])  # by hand: at step 0
+    density = masks[layer].mean()
+    assert 0 < density < 1 and torch.all(grad[~masks[layer].bool()] == 0)
+    expected = (grad.abs().mean() / density).item()
+    assert probe.pop_mean() == pytest.approx(expected, rel=1e-12)
+
+    # the meta-gradient through the adapted head is what it is without the probe
+    query = loss_fn(fast)
+    with_probe = torch.autograd.grad(query, list(params.values()), allow_unused=True)
+    plain = probe.base.adapt(params, loss_fn, training=True)
+    without = torch.autograd.grad(loss_fn(plain), list(params.values()), allow_unused=True)
+    for a, b in zip(with_probe, without):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_probe_step0_and_update_gradients_agree_for_one_inner_step():
+    probe, _, params, loss_fn = probe_setup("sgd", steps=1, masker_name="dense")
+    assert probe.lr == 0.3
+    fast = probe.base.adapt(params, loss_fn, training=True)
+    update = probe.summed_gradient(params, fast)
+    step0 = probe.step0_gradient(params, loss_fn)
+    assert update.abs().mean() > 0
+    torch.testing.assert_close(update, step0, rtol=1e-9, atol=1e-12)
+    assert probe.statistic(update) == pytest.approx(probe.statistic(step0), rel=1e-9)
+
+
+def test_probe_head_dispersion_matches_a_hand_computation():
+    weight = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    rows = weight.tolist()
+    mean = [sum(col) / len(rows) for col in zip(*rows)]
+    spread = [sum((w - m) ** 2 for w, m in zip(row, mean)) for row in rows]
+    assert head_dispersion(weight) == pytest.approx((sum(spread) / len(rows)) ** 0.5, rel=1e-12)
+    same = torch.tensor([[1.0, -2.0, 0.5]]).repeat(5, 1)
+    assert head_dispersion(same) == 0.0
+    shifted = weight + torch.randn(6, dtype=torch.float64)  # a common shift changes nothing
+    assert head_dispersion(shifted) == pytest.approx(head_dispersion(weight), rel=1e-12)
+
+    backbone = create(
+        "backbone",
+        "omniglot_mlp",
+        {"hidden": [5, 4], "mask_head": True},
+        input_shape=(1, 3, 3),
+        num_classes=3,
+    )
+    masker = create("masker", "metaticket", {"init_sparsity": 0.5})
+    masker.attach(backbone)
+    name = classifier_weight(backbone)
+    assert name == "classifier.weight"
+    mask = masker.masks()[name]
+    assert 0 < mask.mean() < 1
+    effective = effective_weight(backbone, masker, name)
+    assert torch.equal(effective, backbone.classifier.weight.detach() * mask)
+
+
+def test_probe_partial_curves_resume_only_up_to_their_checkpoint(tmp_path):
+    path = tmp_path / "partial.json"
+    assert _resumed(path, 0) == Curves()  # no checkpoint: a fresh start
+    assert _resumed(path, 2) is None  # a checkpoint without values: start over
+    path.write_text(
+        json.dumps({"iteration": 4, "task_gradient": [1, 2, 3, 4], "head_dispersion": [5, 6, 7, 8]})
+    )
+    assert _resumed(path, 4) == Curves([1, 2, 3, 4], [5, 6, 7, 8])
+    assert _resumed(path, 2) == Curves([1, 2], [5, 6])  # an older checkpoint: cut off
+    assert _resumed(path, 6) is None  # a newer checkpoint than the values: start over
+    path.write_text("[1, 2")  # cut short
+    assert _resumed(path, 2) is None
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_probe_resumes_to_the_uninterrupted_values(
+    base_config, tmp_path, monkeypatch
+):
+    from fewmask.experiments import run_experiment
+    from fewmask.trainer import Trainer
+
+    settings = {"methods": ["maml"], "inner_lrs": [0.4], "smooth": 1}
+    options = ["train.iterations=4", "train.checkpoint_every=2"]
+
+    def probe(out):
+        rows = run_experiment(
+            "task-gradient", base_config, options, settings, out=out, progress=False
+        )
+        return [(r["iteration"], r["task_gradient"], r["head_dispersion"]) for r in rows]
+
+    whole = probe(tmp_path / "whole")
+    assert [r[0] for r in whole] == [1, 2, 3, 4]
+
+    step, steps = Trainer.train_step, []
+
+    def stop_at_three(self, batch=None):
+        steps.append(self.iteration + 1)
+        if self.iteration == 2:
+            raise Interrupted
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_three)
+    out = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        probe(out)
+    run_dir = out / "runs" / "maml-innerlr0.4"
+    partial = json.loads((run_dir / "task_gradient.partial.json").read_text())
+    assert partial["iteration"] == 2 and len(partial["task_gradient"]) == 2
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "results.json").exists()
+
+    def counted(self, batch=None):
+        steps.append(self.iteration + 1)
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    steps.clear()
+    assert probe(out) == whole  # the same values, bit for bit
+    assert steps == [3, 4]  # resumed at the checkpoint of iteration 2, not started over
+    assert not (run_dir / "task_gradient.partial.json").exists()
+    saved = json.loads((run_dir / "task_gradient.json").read_text())
+    assert saved == {
+        "task_gradient": [r[1] for r in whole],
+        "head_dispersion": [r[2] for r in whole],
+    }
+
+    # a variant finished by an earlier version (a plain list, no head dispersion) is reused
+    (run_dir / "task_gradient.json").write_text(json.dumps(saved["task_gradient"]))
+    steps.clear()
+    assert [r[:2] for r in probe(out)] == [r[:2] for r in whole] and steps == []
+    table = read_csv(out / "task_gradient.csv")
+    assert [r["head_dispersion"] for r in table] == [""] * 4
+    assert "| n/a | n/a | n/a |" in (out / "task_gradient.md").read_text()
+    assert (out / "task_gradient.png").is_file()

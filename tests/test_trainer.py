@@ -79,6 +79,28 @@ def test_resume_continues_exactly(tmp_path, masker):
         assert torch.equal(a, b)
 
 
+def test_fit_callbacks_run_after_each_iterations_logging_and_before_its_checkpoint(tmp_path):
+    seen = []
+
+    def callback(trainer):
+        it = trainer.iteration
+        logged = [json.loads(line) for line in trainer.run.metrics.read_text().splitlines()]
+        assert ("train/loss", it) in [(m["tag"], m["step"]) for m in logged]  # logged first
+        checkpoint = trainer.run.checkpoint
+        seen.append((it, load_checkpoint(checkpoint)["iteration"] if checkpoint.exists() else None))
+
+    trainer = make_trainer(tmp_path)
+    trainer.fit(callbacks=[callback])
+    # the checkpoint of iteration 3 is written after its callbacks
+    assert seen == [(1, None), (2, None), (3, None), (4, 3), (5, 3), (6, 3)]
+
+    resumed = make_trainer(tmp_path)
+    resumed.resume(tmp_path / "checkpoint.prev.pt")  # iteration 3
+    calls = []
+    resumed.fit(callbacks=[lambda t: calls.append(t.iteration), lambda t: calls.append(-1)])
+    assert calls == [4, -1, 5, -1, 6, -1]
+
+
 def test_checkpoint_holds_everything_and_corruption_is_detected(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.fit()

@@ -30,6 +30,8 @@ from fewmask.session import resolve as resolve_config
 from fewmask.trainer import Trainer
 
 SETTINGS_PATH = "$.experiment"
+Prepare = Callable[[Trainer], Sequence[Callable[[Trainer], None]]]
+"""What :meth:`Experiment.run_variant` may call on a built Trainer: it returns fit callbacks."""
 
 
 @attrs.frozen
@@ -191,15 +193,20 @@ class Experiment:
             trainer.resume()
         return trainer
 
-    def run_variant(self, variant: Variant) -> dict[str, Any]:
-        """Train (unless ``variant.train`` is false) and meta-test; reuse finished results."""
+    def run_variant(self, variant: Variant, prepare: Prepare | None = None) -> dict[str, Any]:
+        """Train (unless ``variant.train`` is false) and meta-test; reuse finished results.
+
+        ``prepare(trainer)`` is called once the variant's Trainer is built (and resumed), before
+        it trains or is meta-tested, and returns the callbacks of its ``fit``; a finished
+        variant is read back without it."""
         self._start_over()
         if variant.run.has_results():
             self.check_saved(variant)
             return variant.run.read_results()
         with labelled(f"[{self.name}: {variant.label}]"):  # progress bars name the variant
             trainer = self.build(variant)
-            return trainer.fit() if variant.train else trainer.test()
+            callbacks = prepare(trainer) if prepare is not None else ()
+            return trainer.fit(callbacks=callbacks) if variant.train else trainer.test()
 
     # -------------------------------------------------------------- outputs
     @property

@@ -6,19 +6,29 @@
 - ``random_subnetwork``: the control, a random 50% mask over the same constant weights, not
   meta-trained at all (the authors ran one iteration at learning rate 0).
 - ``metaticket_random_weights`` (optional): Meta-ticket over the usual random weights.
+- ``metaticket_signed_constant`` and its control ``random_subnetwork_signed_constant``
+  (optional): the weights ``sign(N(0, 1)) sqrt(2 / fan_in)``, equal in size, random in sign.
 
 The paper reports 71.59 +- 1.51 % against about 33 % (Omniglot 5-way 5-shot, 3 inner steps).
 Both variants are still adapted per task (3 inner steps by default in the example config).
+
+With positive equal weights and batch-statistic BatchNorm, the hidden units of a constant
+network can stay near copies of each other. Every ``diagnostics_every`` iterations each run
+records the participation ratio of every hidden layer's activations and the mean pairwise
+Hamming distance of every layer's mask (:mod:`fewmask.experiments.diagnostics`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from fewmask.experiments.common import (
     Experiment,
+    Prepare,
+    Variant,
     check_choices,
     markdown_table,
     mean_std,
@@ -26,10 +36,24 @@ from fewmask.experiments.common import (
     register,
     result_row,
 )
-from fewmask.experiments.plots import Series, bar_chart
+from fewmask.experiments.diagnostics import FILE, MaskDiagnostics, probe_batches, read_rows
+from fewmask.experiments.plots import Series, bar_chart, line_chart, tile
 from fewmask.options import option
+from fewmask.trainer import Trainer
 
-VARIANTS = ("metaticket_constant", "random_subnetwork", "metaticket_random_weights")
+VARIANTS = (
+    "metaticket_constant",
+    "random_subnetwork",
+    "metaticket_random_weights",
+    "metaticket_signed_constant",
+    "random_subnetwork_signed_constant",
+)
+CONTROLS = ("random_subnetwork", "random_subnetwork_signed_constant")  # never meta-trained
+WEIGHTS = {
+    "metaticket_random_weights": "kaiming_normal",
+    "metaticket_signed_constant": "signed_constant",
+    "random_subnetwork_signed_constant": "signed_constant",
+}  # the masker's weight_init; "constant" for the others
 
 
 @attrs.frozen
@@ -48,11 +72,14 @@ class ConstantWeightsSettings:
         help="options of the Meta-ticket objective (the paper: AdamW 0.1, no schedule)",
     )
     mask_head: bool = option(True, help="mask the classifier weight too, as the paper does")
+    diagnostics_every: int = option(
+        50, ge=0, help="participation ratio and mask Hamming every N iterations (0: off)"
+    )
 
 
 def _patch(variant: str, settings: ConstantWeightsSettings, seed: int) -> dict[str, Any]:
-    weights = "kaiming_normal" if variant == "metaticket_random_weights" else "constant"
-    sparsity = settings.control_sparsity if variant == "random_subnetwork" else 0.0
+    weights = WEIGHTS.get(variant, "constant")
+    sparsity = settings.control_sparsity if variant in CONTROLS else 0.0
     return {
         "seed": seed,
         "objective": {"name": "metaticket", "options": dict(settings.objective)},
@@ -64,6 +91,19 @@ def _patch(variant: str, settings: ConstantWeightsSettings, seed: int) -> dict[s
     }
 
 
+def _diagnose(experiment: Experiment, variant: Variant, every: int) -> Prepare | None:
+    """``prepare`` for :meth:`Experiment.run_variant`: the run's diagnostics, iteration 0 first
+    (None when they are off)."""
+
+    def prepare(trainer: Trainer) -> list[MaskDiagnostics]:
+        diagnostics = MaskDiagnostics(probe_batches(trainer), every, variant.run.path)
+        experiment.record(diagnostics.path)
+        diagnostics.start(trainer)
+        return [diagnostics]
+
+    return prepare if every else None
+
+
 @register(
     "constant-weights", ConstantWeightsSettings, "Meta-ticket on constant weights vs random mask"
 )
@@ -73,14 +113,20 @@ def run_constant_weights(
     check_choices(settings.variants, VARIANTS, "variants")
     grid = [(v, s) for v in settings.variants for s in settings.seeds]
     variants = [
-        experiment.variant(f"{v}-seed{s}", _patch(v, settings, s), train=v != "random_subnetwork")
+        experiment.variant(f"{v}-seed{s}", _patch(v, settings, s), train=v not in CONTROLS)
         for v, s in grid
     ]
     experiment.validate(variants)
     rows = []
     for (name, seed), variant in zip(grid, variants):
-        results = experiment.run_variant(variant)
+        prepare = _diagnose(experiment, variant, settings.diagnostics_every)
+        results = experiment.run_variant(variant, prepare)
         rows.append({"variant": name, "seed": seed, **result_row(results)})
+    diagnostics = [
+        {"variant": name, "seed": seed, **_parse(row)}
+        for (name, seed), variant in zip(grid, variants)
+        for row in read_rows(variant.run.path / FILE)
+    ]
 
     summary = {
         v: mean_std([r["accuracy"] for r in rows if r["variant"] == v]) for v in settings.variants
@@ -89,11 +135,29 @@ def run_constant_weights(
         v: sum(r["sparsity"] for r in rows if r["variant"] == v) / len(settings.seeds)
         for v in settings.variants
     }
+    final = _final(diagnostics)
     markdown = (
-        f"Accuracy %, mean +- std over seeds {', '.join(map(str, settings.seeds))}\n\n"
+        f"Accuracy %, mean +- std over seeds {', '.join(map(str, settings.seeds))}; "
+        "participation ratio (PR) of each hidden layer and mean pairwise Hamming distance of "
+        "each masked layer's mask at the last diagnostics, mean over seeds\n\n"
         + markdown_table(
-            ["variant", "accuracy", "mask sparsity %"],
-            [[v, percent(*summary[v]), f"{100 * sparsity[v]:.1f}"] for v in settings.variants],
+            [
+                "variant",
+                "accuracy",
+                "mask sparsity %",
+                "PR (final, per layer)",
+                "Hamming (final, per layer)",
+            ],
+            [
+                [
+                    v,
+                    percent(*summary[v]),
+                    f"{100 * sparsity[v]:.1f}",
+                    _per_layer(final, v, "participation_ratio"),
+                    _per_layer(final, v, "hamming"),
+                ]
+                for v in settings.variants
+            ],
         )
     )
     experiment.write_table("constant_weights", rows, markdown)
@@ -110,4 +174,103 @@ def run_constant_weights(
         ],
     )
     experiment.write_image("constant_weights", chart)
+    if diagnostics:
+        _write_diagnostics(experiment, settings.variants, diagnostics)
     return rows
+
+
+# ------------------------------------------------------------------ diagnostics outputs
+
+
+def _parse(row: dict[str, str]) -> dict[str, Any]:
+    """A row of a run's diagnostics file with numbers for numbers ("" stays: no activations)."""
+    ratio = row["participation_ratio"]
+    return {
+        "iteration": int(row["iteration"]),
+        "layer": row["layer"],
+        "participation_ratio": float(ratio) if ratio != "" else "",
+        "hamming": float(row["hamming"]),
+        "sparsity": float(row["sparsity"]),
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _final(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of each run's last diagnostics iteration."""
+    last: dict[tuple[str, int], int] = {}
+    for r in rows:
+        key = (r["variant"], r["seed"])
+        last[key] = max(last.get(key, 0), r["iteration"])
+    return [r for r in rows if r["iteration"] == last[(r["variant"], r["seed"])]]
+
+
+def _by_layer(rows: Sequence[dict[str, Any]], variant: str, column: str) -> dict[str, float]:
+    """``{layer: mean over the rows (seeds) of column}`` for one variant, layers in order."""
+    values: dict[str, list[float]] = {}
+    for r in rows:
+        if r["variant"] == variant and r[column] != "":
+            values.setdefault(r["layer"], []).append(r[column])
+    return {layer: _mean(v) for layer, v in values.items()}
+
+
+def _per_layer(rows: Sequence[dict[str, Any]], variant: str, column: str) -> str:
+    values = _by_layer(rows, variant, column)
+    return " / ".join(f"{v:.2f}" for v in values.values()) or "-"
+
+
+def _write_diagnostics(
+    experiment: Experiment, variants: Sequence[str], rows: list[dict[str, Any]]
+) -> None:
+    """``OUT/constant_weights_diagnostics.csv``, ``.md`` (first and last value per layer) and
+    ``.png`` (participation ratio against iteration, one panel per variant)."""
+    first = [r for r in rows if r["iteration"] == 0]
+    final = _final(rows)
+    table = []
+    for v in variants:
+        ratio0, ratio = (
+            _by_layer(first, v, "participation_ratio"),
+            _by_layer(final, v, "participation_ratio"),
+        )
+        hamming0, hamming = _by_layer(first, v, "hamming"), _by_layer(final, v, "hamming")
+        pruned = _by_layer(final, v, "sparsity")
+        for layer in hamming:
+            table.append(
+                [
+                    v,
+                    layer,
+                    *(f"{d[layer]:.2f}" if layer in d else "-" for d in (ratio0, ratio)),
+                    *(f"{d[layer]:.3f}" if layer in d else "-" for d in (hamming0, hamming)),
+                    f"{100 * pruned[layer]:.1f}",
+                ]
+            )
+    markdown = "Mean over seeds, at iteration 0 and at the last diagnostics\n\n" + markdown_table(
+        ["variant", "layer", "PR at 0", "PR final", "Hamming at 0", "Hamming final", "sparsity %"],
+        table,
+    )
+    experiment.write_table("constant_weights_diagnostics", rows, markdown)
+    ratios = [r["participation_ratio"] for r in rows if r["participation_ratio"] != ""]
+    y_range = (0.0, max(ratios, default=1.0) * 1.05 or 1.0)
+    last = max(r["iteration"] for r in rows)
+    panels = []
+    for v in variants:
+        curves: dict[str, dict[int, list[float]]] = {}
+        for r in rows:
+            if r["variant"] == v and r["participation_ratio"] != "":
+                curve = curves.setdefault(r["layer"], {})
+                curve.setdefault(r["iteration"], []).append(r["participation_ratio"])
+        untrained = all(list(c) == [0] for c in curves.values())
+        for c in curves.values():
+            if untrained:  # drawn level across the trained variants' iterations
+                c[last] = c[0]
+        series = [
+            Series(layer, tuple(_mean(c[i]) for i in sorted(c)), xs=tuple(map(float, sorted(c))))
+            for layer, c in curves.items()
+        ]
+        if series:
+            title = f"{v}: participation ratio{' (untrained)' if untrained else ''}"
+            panels.append(line_chart(title, "iteration", "PR", series, y_range=y_range))
+    if panels:
+        experiment.write_image("constant_weights_diagnostics", tile(panels))
