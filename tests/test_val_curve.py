@@ -1,0 +1,47 @@
+"""tools/val_curve.py: validation accuracy per window, as docs/results.md quotes it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tools" / "val_curve.py"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("val_curve", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_metrics(run: Path, values: dict[int, float]) -> None:
+    run.mkdir()
+    rows = [{"step": 5, "tag": "train/loss", "value": 9.0}]
+    rows += [{"step": s, "tag": "val/accuracy", "value": v} for s, v in values.items()]
+    rows.append({"step": 20, "tag": "val/accuracy", "value": 0.3})  # logged again on resume
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_windows_average_the_last_value_of_each_validation(tmp_path):
+    tool = load_tool()
+    write_metrics(tmp_path / "run", {10: 0.1, 20: 0.2, 30: 0.5, 40: 0.7})
+    points = tool.val_points(tmp_path / "run")
+    assert points == [(10, 0.1), (20, 0.3), (30, 0.5), (40, 0.7)]
+    assert tool.window_means(points, 2) == [(10, 20, 0.2), (30, 40, 0.6)]
+
+
+def test_the_command_prints_one_line_per_run(tmp_path):
+    for name in ("a", "b"):
+        write_metrics(tmp_path / name, {10: 0.5, 20: 0.5})
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "a"), str(tmp_path / "b"), "--windows", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.splitlines() == ["a: 10-20: 40.0", "b: 10-20: 40.0"]
