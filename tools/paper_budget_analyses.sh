@@ -3,15 +3,16 @@
 #   bash tools/paper_budget_analyses.sh readme     # the README's main command, as written
 #   bash tools/paper_budget_analyses.sh probe      # Fig 2: 3 methods x 4 inner lrs, 5,000 iterations
 #   bash tools/paper_budget_analyses.sh constant   # constant vs signed-constant arms, 1,000 iterations
+#   bash tools/paper_budget_analyses.sh constant-seed1   # the same, seed 1 only
 #   bash tools/paper_budget_analyses.sh long       # positive constants, width 4, meta-batch 32
 # Each step reuses finished runs and resumes a started one, so a stopped lane continues.
 set -euo pipefail
 export OMP_NUM_THREADS=1
 X=runs/experiments
-case ${1:?usage: paper_budget_analyses.sh readme|probe|constant|long} in
+case ${1:?usage: paper_budget_analyses.sh readme|probe|constant|constant-seed1|long} in
   readme)
-    [ -f runs/readme_main/results.json ] || fewmask train examples/metaticket_glyphs.yaml \
-      --run-dir runs/readme_main -o train.progress=false
+    [ -f runs/readme_main/results.json ] || /usr/bin/time -f "README command: %e s wall" \
+      fewmask train examples/metaticket_glyphs.yaml --run-dir runs/readme_main -o train.progress=false
     ;;
   probe)
     for lrs in "[0.01,0.4]" "[0.01,0.05,0.1,0.4]"; do
@@ -20,8 +21,10 @@ case ${1:?usage: paper_budget_analyses.sh readme|probe|constant|long} in
         -x "inner_lrs=$lrs" --no-progress --out $X/task-gradient-sweep
     done
     ;;
-  constant)
-    for seeds in "[1]" "[1,2,3]"; do
+  constant|constant-seed1)
+    stages=("[1]" "[1,2,3]")
+    [ "$1" = constant ] || stages=("[1]")
+    for seeds in "${stages[@]}"; do
       fewmask experiment constant-weights examples/experiments/constant_weights.yaml \
         -o train.meta_batch_size=4 -o train.val_episodes=0 \
         -x variants=[metaticket_constant,random_subnetwork,metaticket_signed_constant,random_subnetwork_signed_constant] \
