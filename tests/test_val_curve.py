@@ -45,3 +45,12 @@ def test_the_command_prints_one_line_per_run(tmp_path):
         check=True,
     ).stdout
     assert out.splitlines() == ["a: 10-20: 40.0", "b: 10-20: 40.0"]
+
+
+def test_a_missing_run_is_named_without_a_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert f"cannot read {tmp_path / 'nowhere' / 'metrics.jsonl'}" in done.stderr
+    assert "Traceback" not in done.stderr

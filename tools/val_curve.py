@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -37,10 +38,17 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
     parser.add_argument("--windows", type=int, default=5, help="spans to average over")
     args = parser.parse_args()
+    if args.windows < 1:
+        parser.error(f"--windows must be at least 1, got {args.windows}")
     for run in args.runs:
-        spans = window_means(val_points(run), args.windows)
+        try:
+            points = val_points(run)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"val_curve: cannot read {run / 'metrics.jsonl'}: {exc}", file=sys.stderr)
+            sys.exit(2)  # bad input
+        spans = window_means(points, args.windows)
         text = "  ".join(f"{a}-{b}: {100 * m:.1f}" for a, b, m in spans)
-        print(f"{run.name}: {text}")
+        print(f"{run.name}: {text or 'no validation logged (train.val_episodes: 0?)'}")
 
 
 if __name__ == "__main__":
