@@ -129,7 +129,7 @@ def test_an_experiment_labels_its_variants_progress(tmp_path, monkeypatch, capsy
         def __init__(self, *args, **kwargs):
             seen.append(Progress(1, "x", enabled=False).label)
 
-        def fit(self):
+        def fit(self, callbacks=()):
             return {}
 
     experiment = Experiment("width-sweep", {"backbone": "omniglot_mlp"}, tmp_path)
