@@ -44,7 +44,11 @@ BENCHMARKS = ROOT / "benchmarks"
 PARTS = {"environment": 30, "tests": 110, "episodes": 40, "wrn": 70, "meta_step": 220}
 """Each part's time budget in seconds on a GPU (their sum stays under 8 minutes)."""
 TOTAL_BUDGET = 470
-CUDA_TESTS = ["tests/test_cuda.py", "plugins/fewmask-plugin-timm/tests/test_timm.py"]
+CUDA_TESTS = [
+    "tests/test_cuda.py",
+    "tests/test_cuda_graph_probe.py",
+    "plugins/fewmask-plugin-timm/tests/test_timm.py",
+]
 PLUGIN_LIBRARIES = {"timm": "timm"}
 """Plugins that need a library the machine may lack: without it they are switched off (and
 their tests left out), so the other parts still run; the environment part lists them."""
@@ -52,6 +56,8 @@ their tests left out), so the other parts still run; the environment part lists 
 
 def plugins_without_library() -> list[str]:
     return [p for p, lib in PLUGIN_LIBRARIES.items() if importlib.util.find_spec(lib) is None]
+
+
 NEEDED = ["torch", "numpy", "PIL", "pluggy", "attrs", "cattrs", "yaml", "pytest", "hypothesis"]
 OPTIONAL = ["timm", "torchvision", "tensorboard"]
 SPEED_TARGETS = {"mlp5": 8.0, "conv4": 2.0, "resnet12": 3.0}
