@@ -46,6 +46,7 @@ PARTS = {"environment": 30, "tests": 110, "episodes": 40, "wrn": 70, "meta_step"
 TOTAL_BUDGET = 470
 CUDA_TESTS = [
     "tests/test_cuda.py",
+    "tests/test_cuda_graph.py",
     "tests/test_cuda_graph_probe.py",
     "plugins/fewmask-plugin-timm/tests/test_timm.py",
 ]

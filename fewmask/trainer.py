@@ -32,6 +32,7 @@ from fewmask.checkpoint import discard_partial_writes, load_checkpoint, save_che
 from fewmask.checks import check_backbone_fits, check_train_config
 from fewmask.config import TrainConfig
 from fewmask.engine import Engine, EngineOptions, distributed
+from fewmask.engine.graphs import GraphedMetaStep
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
 from fewmask.finite import check_meta_parameters, first_non_finite
 from fewmask.interfaces import (
@@ -106,6 +107,11 @@ class Trainer:
         options = EngineOptions.fast() if train.engine == "fast" else None
         self.engine = Engine(backbone, masker, inner, objective, options)
         self.meta_params = self.engine.meta_params
+        self._meta_step = self.engine.meta_step
+        if train.cuda_graph:
+            if distributed.world_size() > 1:
+                raise ConfigError(["$.train.cuda_graph: not under torchrun (the step all-reduces)"])
+            self._meta_step = GraphedMetaStep(self.engine)
         if not self.meta_params:
             raise ConfigError(["$.objective: it selected no meta-parameters to learn"])
         self.optimizer = objective.build_optimizer(list(self.meta_params.values()))
@@ -187,7 +193,7 @@ class Trainer:
             batch = self.sampler.sample_many(
                 self.datasets["train"], self.generator, self.train_config.meta_batch_size
             )
-        result = self.engine.meta_step(batch)  # no host synchronisation inside
+        result = self._meta_step(batch)  # no host synchronisation inside
         values = [result.loss, *result.metrics.values()]
         if result.grads:  # whether every gradient is finite, read together with the stats
             finite = [torch.isfinite(g).all() for g in result.grads.values()]
