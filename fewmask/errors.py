@@ -76,6 +76,10 @@ class NonFiniteError(FewmaskError, FloatingPointError):
     """A NaN or Inf loss, gradient or meta-parameter during meta-training."""
 
 
+class GraphCaptureError(FewmaskError, RuntimeError):
+    """``train.cuda_graph``: the meta-step could not be captured into a CUDA graph."""
+
+
 class RunFolderError(FewmaskError):
     """A run folder that cannot be written or read (permissions, a file in the way)."""
 

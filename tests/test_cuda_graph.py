@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewmask import ConfigError, Engine, Trainer, create
+from fewmask import ConfigError, Engine, GraphCaptureError, Trainer, create
 from fewmask.config import TrainConfig
 from fewmask.engine.graphs import GraphedMetaStep
 from fewmask.options import structure_config
@@ -109,3 +109,23 @@ def test_a_batch_of_other_shapes_is_captured_anew():
     other = random_episodes(3, WAYS, 1, 3, SHAPE, torch.Generator().manual_seed(2))
     stats = run.train_step(other)
     assert run._meta_step.captures == 2 and stats["loss"] > 0
+
+
+class HostReadingEngine:
+    """A stand-in engine whose step reads a value on the host, which a graph cannot hold."""
+
+    def __init__(self):
+        self.backbone = torch.nn.Linear(2, 2).cuda()
+
+    def meta_step(self, episodes):
+        return (self.backbone.weight.sum() * 2).item()
+
+
+@gpu
+@cuda
+def test_a_step_that_reads_the_host_is_named_when_capture_fails():
+    episodes = random_episodes(1, WAYS, 1, 1, SHAPE, torch.Generator().manual_seed(0))
+    step = GraphedMetaStep(HostReadingEngine())
+    with pytest.raises(GraphCaptureError, match="train.cuda_graph: the meta-step could not"):
+        step(episodes)
+    assert step.captures == 0

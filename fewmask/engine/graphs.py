@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from fewmask.engine import Engine, StepResult
+from fewmask.errors import GraphCaptureError
 from fewmask.interfaces import Episode
 
 WARMUP_CALLS = 3
@@ -75,7 +76,17 @@ class GraphedMetaStep:
                 self.engine.meta_step(self._inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._result = self.engine.meta_step(self._inputs)
+        try:
+            with torch.cuda.graph(graph):
+                self._result = self.engine.meta_step(self._inputs)
+        except RuntimeError as exc:
+            self._result = None
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GraphCaptureError(
+                "train.cuda_graph: the meta-step could not be captured into a CUDA graph "
+                f"({cause}); a component probably reads a tensor's value on the host inside "
+                "the step (.item(), a branch on a tensor's value); train without "
+                "train.cuda_graph"
+            ) from exc
         self._graph = graph
         self.captures += 1
