@@ -44,7 +44,9 @@ def test_ratios_and_their_spread_over_seeds(tmp_path):
     assert [r["grad_ratio"] for r in rows] == [0.5, 1.5]
     assert [r["disp_ratio"] for r in rows] == [0.5, 0.5]
     table = tool.summary_table(rows).splitlines()
-    assert table[2] == ("| maml | 0.1 | 2 | 1.00 +- 0.71 | 1 of 2 | 0.50 +- 0.00 | 85.0 +- 7.1 |")
+    assert table[2] == (
+        "| maml | 0.1 | 2 | 1.00 +- 0.71 | 0.50 - 1.50 | 0.50 +- 0.00 | 85.0 +- 7.1 |"
+    )
 
 
 def test_the_command_writes_every_seed_and_names_a_bad_folder(tmp_path):
@@ -52,7 +54,7 @@ def test_the_command_writes_every_seed_and_names_a_bad_folder(tmp_path):
     out_csv = tmp_path / "all.csv"
     command = [sys.executable, str(SCRIPT), str(tmp_path / "s1"), "--csv", str(out_csv)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    assert "| maml | 0.1 | 1 | 0.50 +- 0.00 | 1 of 1 |" in out
+    assert "| maml | 0.1 | 1 | 0.50 +- 0.00 | 0.50 - 0.50 |" in out
     assert len(out_csv.read_text().splitlines()) == 2
     bad = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path / "missing")], capture_output=True, text=True

@@ -2,6 +2,7 @@
 # The paper's analyses at the budgets in docs/results.md, one lane per argument:
 #   bash tools/paper_budget_analyses.sh readme     # the README's main command, as written
 #   bash tools/paper_budget_analyses.sh probe      # Fig 2: 3 methods x 4 inner lrs, 5,000 iterations
+#   bash tools/paper_budget_analyses.sh probe-seed2   # the same with seed 2 (probe-seed3: seed 3)
 #   bash tools/paper_budget_analyses.sh constant   # constant vs signed-constant arms, 1,000 iterations
 #   bash tools/paper_budget_analyses.sh constant-seed1   # the same, seed 1 only
 #   bash tools/paper_budget_analyses.sh long       # positive constants, width 4, meta-batch 32
@@ -9,7 +10,7 @@
 set -euo pipefail
 export OMP_NUM_THREADS=1
 X=runs/experiments
-case ${1:?usage: paper_budget_analyses.sh readme|probe|constant|constant-seed1|long} in
+case ${1:?usage: paper_budget_analyses.sh readme|probe|probe-seed2|probe-seed3|constant|constant-seed1|long} in
   readme)
     [ -f runs/readme_main/results.json ] || /usr/bin/time -f "README command: %e s wall" \
       fewmask train examples/metaticket_glyphs.yaml --run-dir runs/readme_main -o train.progress=false
@@ -20,6 +21,12 @@ case ${1:?usage: paper_budget_analyses.sh readme|probe|constant|constant-seed1|l
         -o train.iterations=5000 -o objective.options.warmup=500 -o train.val_episodes=0 \
         -x "inner_lrs=$lrs" --no-progress --out $X/task-gradient-sweep
     done
+    ;;
+  probe-seed2|probe-seed3)
+    seed=${1#probe-seed}
+    fewmask experiment task-gradient examples/experiments/glyphs_5shot.yaml \
+      -o train.iterations=5000 -o objective.options.warmup=500 -o train.val_episodes=0 \
+      -o seed=$seed --no-progress --out $X/task-gradient-sweep-seed$seed
     ;;
   constant|constant-seed1)
     stages=("[1]" "[1,2,3]")

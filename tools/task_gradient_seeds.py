@@ -1,4 +1,4 @@
-"""The task-gradient sweep over seeds: each method and inner lr's ratios, mean +- std.
+"""The task-gradient sweep over seeds: each method and inner lr's ratios, mean +- std, range.
 
     python tools/task_gradient_seeds.py runs/experiments/task-gradient-sweep \\
         runs/experiments/task-gradient-sweep-seed2 runs/experiments/task-gradient-sweep-seed3 \\
@@ -9,7 +9,8 @@ Each argument is one seed's ``fewmask experiment task-gradient`` output folder. 
 last tenth of the iterations for the task gradient and the head dispersion (as the experiment's
 own table does) and their ratio; from ``runs/<method>-innerlr<lr>/results.json`` the test
 accuracy. It prints one markdown row per method and lr with the mean +- sample std over the
-seeds, and with ``--csv`` writes every seed's values.
+seeds (and the gradient ratio's smallest and largest), and with ``--csv`` writes every seed's
+values.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def summary_table(rows: list[dict]) -> str:
     for row in rows:
         groups[row["method"], row["inner_lr"]].append(row)
     lines = [
-        "| method | inner lr | seeds | gradient last/first | decays in | head dispersion "
+        "| method | inner lr | seeds | gradient last/first | min - max | head dispersion "
         "last/first | test acc % |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -79,7 +80,7 @@ def summary_table(rows: list[dict]) -> str:
         ratios = [r["grad_ratio"] for r in group]
         lines.append(
             f"| {method} | {lr:g} | {len(group)} | {mean_std(ratios, '.2f')} |"
-            f" {sum(r < 1 for r in ratios)} of {len(group)} |"
+            f" {min(ratios):.2f} - {max(ratios):.2f} |"
             f" {mean_std([r['disp_ratio'] for r in group], '.2f')} |"
             f" {mean_std([r['accuracy'] for r in group], '.1f')} |"
         )
