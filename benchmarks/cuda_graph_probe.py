@@ -89,7 +89,7 @@ def format_row(row: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
@@ -100,17 +100,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="tiny models (CI)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def configs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(model, algorithm, engine) in the order they run."""
+    return [
+        (model, algorithm, spec)
+        for model in args.models.split(",")
+        for algorithm in args.algorithms.split(",")
+        for spec in args.engines.split(",")
+    ]
+
+
+HEADER = (
+    "| model | algorithm | engine | eager ms | replay ms | speed-up | replay vs eager | capture |"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     set_precision(args.precision)
-    print(
-        f"| model | algorithm | engine | eager ms | replay ms | speed-up | replay vs eager |"
-        f" capture ({args.precision}) |"
-    )
+    print(HEADER.replace("| capture |", f"| capture ({args.precision}) |"))
     print("|---|---|---|---|---|---|---|---|")
-    for model in args.models.split(","):
-        for algorithm in args.algorithms.split(","):
-            for spec in args.engines.split(","):
-                print(format_row(probe(model, algorithm, spec, args)), flush=True)
+    for model, algorithm, spec in configs(args):
+        print(format_row(probe(model, algorithm, spec, args)), flush=True)
 
 
 if __name__ == "__main__":

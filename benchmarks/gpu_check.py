@@ -1,7 +1,7 @@
 """The GPU check in one command: CUDA tests, meta-step speed/memory/precision, WRN-28-10 memory,
 episodes from a dataset held on the device; one JSON and one markdown table.
 
-    python benchmarks/gpu_check.py OUT                  # a CUDA machine: at most ~8 minutes
+    python benchmarks/gpu_check.py OUT                  # a CUDA machine: at most ~9 minutes
     python benchmarks/gpu_check.py OUT --cpu-dry-run    # the same code paths, tiny, on the CPU
 
 Parts, each in its own process with its own time budget (a part that fails or runs out of time
@@ -16,6 +16,9 @@ is recorded, and the others still run; rows finished before a timeout are kept):
   ``checkpoint_blocks`` (``benchmarks/wrn_memory.py``), MAML and Meta-ticket;
 - ``meta_step``: ``benchmarks/meta_step.py``'s measurement for the 5-MLP, Conv4 and ResNet-12,
   MAML and Meta-ticket, exact and fast engines, fp32 (with a float64 reference), TF32 and bf16.
+- ``graph``: ``benchmarks/cuda_graph_probe.py``: the same iterations in fp32, eager against the
+  replay of one captured CUDA graph (``train.cuda_graph``), and whether the replay's gradients
+  equal the eager ones.
 
 It runs from the working tree as it is: fewmask and the plugins go on ``PYTHONPATH`` beside a
 small folder of package metadata that declares their entry points, so nothing is pip-installed.
@@ -41,9 +44,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-PARTS = {"environment": 30, "tests": 110, "episodes": 40, "wrn": 70, "meta_step": 220}
-"""Each part's time budget in seconds on a GPU (their sum stays under 8 minutes)."""
-TOTAL_BUDGET = 470
+PARTS = {
+    "environment": 30,
+    "tests": 110,
+    "episodes": 40,
+    "wrn": 70,
+    "meta_step": 220,
+    "graph": 70,
+}
+"""Each part's time budget in seconds on a GPU (their sum stays under 9 minutes)."""
+TOTAL_BUDGET = 540
 CUDA_TESTS = [
     "tests/test_cuda.py",
     "tests/test_cuda_graph.py",
@@ -275,6 +285,22 @@ def part_meta_step(results: Path, dry: bool) -> None:
         free_device_memory()
 
 
+def part_graph(results: Path, dry: bool) -> None:
+    graph = load_benchmark("cuda_graph_probe")
+    argv = ["--device", device_for(dry)]
+    argv += ["--tiny", "--models", "mlp5", "--warmup", "0", "--repeats", "1"] if dry else []
+    args = graph.parse_args(argv)
+    graph.set_precision(args.precision)
+    for model, algorithm, engine in graph.configs(args):
+        try:
+            row = graph.probe(model, algorithm, engine, args)
+        except Exception as exc:  # e.g. out of memory: the other rows still run
+            row = {"model": model, "algorithm": algorithm, "engine": engine}
+            row["error"] = repr(exc)[:300]
+        emit(results, "row", row)
+        free_device_memory()
+
+
 def free_device_memory() -> None:
     import gc
 
@@ -291,6 +317,7 @@ PART_FUNCTIONS = {
     "episodes": part_episodes,
     "wrn": part_wrn,
     "meta_step": part_meta_step,
+    "graph": part_graph,
 }
 
 
@@ -398,6 +425,7 @@ def markdown(report: dict) -> str:
     for name, render in (
         ("tests", _tests_table),
         ("meta_step", _meta_step_table),
+        ("graph", _graph_table),
         ("wrn", _wrn_table),
         ("episodes", _episodes_table),
     ):
@@ -440,6 +468,30 @@ def _meta_step_table(part: dict, targets: dict) -> list[str]:
             f"{r['speedup']:.2f}x ({target}x, {met}) | {_f(r['loop_peak_mib'], '.0f')} | "
             f"{_f(r['engine_peak_mib'], '.0f')} | {_f(ratio, '.2f')} | {r['grad_diff']:.1e} | "
             f"{_f(r.get(f'engine_vs_{ref}'), '.1e')} | {_f(r.get(f'loop_vs_{ref}'), '.1e')} |"
+        )
+    return lines
+
+
+def _graph_table(part: dict, targets: dict) -> list[str]:
+    lines = [
+        "## One meta-step captured into a CUDA graph (train.cuda_graph)",
+        "",
+        "The same iteration in fp32; eager engine against the replay of its captured graph "
+        "(benchmarks/cuda_graph_probe.py); median of 5.",
+        "",
+        "| model | algorithm | engine | eager ms | replay ms | speed-up | replay vs eager "
+        "| capture |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in part["rows"]:
+        if "error" in r:
+            head = f"| {r['model']} | {r['algorithm']} | {r['engine']} |"
+            lines.append(f"{head} {r['error']} |" + " |" * 4)
+            continue
+        lines.append(
+            f"| {r['model']} | {r['algorithm']} | {r['engine']} | {r['eager_ms']:.2f} | "
+            f"{_f(r.get('replay_ms'), '.2f')} | {_f(r.get('speedup'), '.2f')} | "
+            f"{_f(r.get('replay_vs_eager'), '.1e')} | {r['capture']} |"
         )
     return lines
 

@@ -71,13 +71,20 @@ def test_cpu_dry_run_writes_the_json_and_the_table(tmp_path, load_benchmark):
         reference = "fp64" if row["precision"] == "fp32" else "fp32"
         assert row[f"engine_vs_{reference}"] >= 0 and row[f"loop_vs_{reference}"] >= 0
 
+    graph = parts["graph"]["rows"]
+    assert [(r["model"], r["algorithm"], r["engine"]) for r in graph] == [
+        ("mlp5", a, e) for a in ("maml", "metaticket") for e in ("exact", "fast")
+    ]
+    assert all(r["eager_ms"] > 0 and r["capture"] == "needs CUDA" for r in graph)
+
     table = (out / "gpu_check.md").read_text()
     assert table.strip() in done.stdout
     assert table.startswith("# GPU check: CPU dry run")
-    for heading in ("## CUDA tests", "## One meta-iteration", "## WRN-28-10", "## Episodes"):
+    headings = ("## CUDA tests", "## One meta-iteration", "## One meta-step captured")
+    for heading in (*headings, "## WRN-28-10", "## Episodes"):
         assert heading in table
     models = ("| mlp5 |", "| conv4 |", "| resnet12 |")
-    assert sum(line.startswith(models) for line in table.splitlines()) == len(rows)
+    assert sum(line.startswith(models) for line in table.splitlines()) == len(rows) + len(graph)
 
 
 @pytest.mark.slow
