@@ -1,0 +1,83 @@
+"""The width sweep over seeds: accuracy and the paper's two gaps per width, mean +- std.
+
+    python tools/width_sweep_seeds.py docs/results/width_sweep.csv \\
+        runs/experiments/width-sweep-small-seed2/width_sweep.csv \\
+        runs/experiments/width-sweep-small-seed3/width_sweep.csv --ways 20
+
+Each argument is one seed's ``width_sweep.csv`` (``fewmask experiment width-sweep``). For every
+width and N-way that all the files hold, it prints the accuracy of each method, MAML's lead over
+Meta-ticket, and IteRand's gain over Meta-ticket, in points, as mean +- sample std over the
+seeds, with the smallest and largest gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+METHODS = ("maml", "metaticket", "metaticket_iterand")
+
+
+def read_seed(path: Path) -> dict[tuple[float, int, int, str], float]:
+    """``(width, ways, shots, method) -> accuracy %`` of one seed's CSV."""
+    with open(path, newline="") as handle:
+        return {
+            (float(r["width"]), int(r["ways"]), int(r["shots"]), r["method"]): 100
+            * float(r["accuracy"])
+            for r in csv.DictReader(handle)
+        }
+
+
+def mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} +- {std:.2f}"
+
+
+def summary_table(seeds: list[dict], ways: int | None = None) -> str:
+    """One row per (ways, shots, width) that every seed holds with all three methods."""
+    settings = defaultdict(int)
+    for seed in seeds:
+        for width, n, k, method in seed:
+            if method == METHODS[0] and all((width, n, k, m) in seed for m in METHODS):
+                settings[width, n, k] += 1
+    common = sorted((n, k, w) for (w, n, k), count in settings.items() if count == len(seeds))
+    lines = [
+        "| ways | shots | width | seeds | MAML | Meta-ticket | Meta-ticket + IteRand "
+        "| MAML - Meta-ticket | IteRand gain | IteRand gain min - max |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, k, w in common:
+        if ways is not None and n != ways:
+            continue
+        acc = {m: [seed[w, n, k, m] for seed in seeds] for m in METHODS}
+        lead = [a - b for a, b in zip(acc["maml"], acc["metaticket"])]
+        gain = [a - b for a, b in zip(acc["metaticket_iterand"], acc["metaticket"])]
+        lines.append(
+            f"| {n} | {k} | {w:g} | {len(seeds)} | {mean_std(acc['maml'])} |"
+            f" {mean_std(acc['metaticket'])} | {mean_std(acc['metaticket_iterand'])} |"
+            f" {mean_std(lead)} | {mean_std(gain)} | {min(gain):+.2f} - {max(gain):+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csvs", nargs="+", type=Path, help="one width_sweep.csv per seed")
+    parser.add_argument("--ways", type=int, help="only this N-way")
+    args = parser.parse_args()
+    seeds = []
+    for path in args.csvs:
+        try:
+            seeds.append(read_seed(path))
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"width_sweep_seeds: cannot read {path}: {exc!r}", file=sys.stderr)
+            sys.exit(2)  # bad input
+    print(summary_table(seeds, args.ways))
+
+
+if __name__ == "__main__":
+    main()
