@@ -5,12 +5,12 @@
 
 The same iteration as ``benchmarks/meta_step.py`` (5-way 5-shot 15-query, meta-batch 4, one
 second-order inner SGD step, fixed-seed random inputs). Per model, algorithm and engine: the
-eager ``meta_step`` timed (median of ``--repeats`` after ``--warmup``), then three warm-up calls
-on a side stream, capture with ``torch.cuda.graph``, and the replay timed the same way. The
+eager ``meta_step`` timed (median of ``--repeats`` after ``--warmup``), then the same step
+through :class:`fewmask.engine.graphs.GraphedMetaStep` (what ``train.cuda_graph`` trains with:
+three warm-up calls on a side stream, capture with ``torch.cuda.graph``), its replays (the
+episodes copied into the graph's inputs, then the replay) timed the same way. The
 replay's gradients are compared with the eager ones (``||g_replay - g_eager|| / ||g_eager||``).
-A capture that fails is reported with its error; the other rows still run. This is a probe of
-the engine's readiness for graph capture, not a training mode: fewmask has no CUDA-graph
-option yet.
+A capture that fails is reported with its error; the other rows still run.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fewmask import Engine
+from fewmask.engine.graphs import GraphedMetaStep
 from fewmask.testing import engine_gradient
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,20 +58,17 @@ def probe(model: str, algorithm: str, spec: str, args: argparse.Namespace) -> di
     if not args.device.startswith("cuda"):
         row["capture"] = "needs CUDA"
         return row
+    step = GraphedMetaStep(engine)  # what train.cuda_graph trains with
+
+    def replay() -> list[torch.Tensor]:
+        grads = step(episodes).grads
+        return [grads.get(n, torch.zeros_like(p)) for n, p in engine.meta_params.items()]
+
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                engine_gradient(engine, episodes)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static = engine_gradient(engine, episodes)
-        graph.replay()
+        replayed = replay()  # captures, then replays once
         torch.cuda.synchronize()
-        row["replay_vs_eager"] = relative(flat_grad(static), eager_grad)
-        row["replay_ms"] = 1e3 * timed(graph.replay, args.device, args.warmup, args.repeats)
+        row["replay_vs_eager"] = relative(flat_grad(replayed), eager_grad)
+        row["replay_ms"] = 1e3 * timed(replay, args.device, args.warmup, args.repeats)
         row["speedup"] = row["eager_ms"] / row["replay_ms"]
         row["capture"] = "ok"
     except Exception as error:

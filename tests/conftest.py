@@ -47,17 +47,27 @@ def tiny_run() -> Callable[..., str]:
     return _tiny_run
 
 
-def _load_benchmark(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+def _load_script(folder: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_benchmark(name: str) -> ModuleType:
+    return _load_script(BENCHMARKS, name)
 
 
 @pytest.fixture
 def load_benchmark() -> Callable[[str], ModuleType]:
     """``load_benchmark("fp32_error")``: ``benchmarks/fp32_error.py`` run as a fresh module."""
     return _load_benchmark
+
+
+@pytest.fixture
+def load_tool() -> Callable[[str], ModuleType]:
+    """``load_tool("val_curve")``: ``tools/val_curve.py`` run as a fresh module."""
+    return lambda name: _load_script(BENCHMARKS.parent / "tools", name)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,13 +11,6 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "task_gradient_seeds.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("task_gradient_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_seed(folder: Path, grad_end: float, accuracy: float) -> None:
@@ -36,8 +28,8 @@ def write_seed(folder: Path, grad_end: float, accuracy: float) -> None:
     (run / "results.json").write_text(json.dumps({"accuracy": accuracy}))
 
 
-def test_ratios_and_their_spread_over_seeds(tmp_path):
-    tool = load_tool()
+def test_ratios_and_their_spread_over_seeds(tmp_path, load_tool):
+    tool = load_tool("task_gradient_seeds")
     write_seed(tmp_path / "s1", grad_end=0.5, accuracy=0.80)
     write_seed(tmp_path / "s2", grad_end=1.5, accuracy=0.90)
     rows = tool.seed_rows(tmp_path / "s1") + tool.seed_rows(tmp_path / "s2")
@@ -65,5 +57,5 @@ def test_the_command_writes_every_seed_and_names_a_bad_folder(tmp_path):
 @pytest.mark.parametrize(
     "values, want", [([1.0], (1.0, 1.0)), ([1.0] * 10 + [3.0] * 10, (1.0, 3.0))]
 )
-def test_tenths(values, want):
-    assert load_tool().tenths(values) == want
+def test_tenths(values, want, load_tool):
+    assert load_tool("task_gradient_seeds").tenths(values) == want

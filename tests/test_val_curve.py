@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,13 +9,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "val_curve.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("val_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_metrics(run: Path, values: dict[int, float]) -> None:
@@ -27,8 +19,8 @@ def write_metrics(run: Path, values: dict[int, float]) -> None:
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_windows_average_the_last_value_of_each_validation(tmp_path):
-    tool = load_tool()
+def test_windows_average_the_last_value_of_each_validation(tmp_path, load_tool):
+    tool = load_tool("val_curve")
     write_metrics(tmp_path / "run", {10: 0.1, 20: 0.2, 30: 0.5, 40: 0.7})
     points = tool.val_points(tmp_path / "run")
     assert points == [(10, 0.1), (20, 0.3), (30, 0.5), (40, 0.7)]

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "width_sweep_seeds.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("width_sweep_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_seed(path: Path, accuracies: dict[tuple[float, int, str], float]) -> Path:
@@ -35,8 +27,8 @@ def seed(maml: float, mt: float, iterand: float, width: float = 1.0) -> dict:
     }
 
 
-def test_gaps_over_seeds_keep_only_settings_every_seed_holds(tmp_path):
-    tool = load_tool()
+def test_gaps_over_seeds_keep_only_settings_every_seed_holds(tmp_path, load_tool):
+    tool = load_tool("width_sweep_seeds")
     one = write_seed(tmp_path / "1.csv", {**seed(0.70, 0.50, 0.56), **seed(0.8, 0.7, 0.7, 2.0)})
     two = write_seed(tmp_path / "2.csv", seed(0.72, 0.54, 0.58))
     table = tool.summary_table([tool.read_seed(one), tool.read_seed(two)]).splitlines()

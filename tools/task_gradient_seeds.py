@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from fewmask.experiments.common import mean_std
 
 
 def tenths(values: list[float]) -> tuple[float, float]:
@@ -62,9 +63,10 @@ def seed_rows(folder: Path) -> list[dict]:
     return rows
 
 
-def mean_std(values: list[float], fmt: str) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{format(statistics.fmean(values), fmt)} +- {format(std, fmt)}"
+def spread(values: list[float], fmt: str) -> str:
+    """``mean +- sample std`` of ``values``, each formatted with ``fmt``."""
+    mean, std = mean_std(values)
+    return f"{format(mean, fmt)} +- {format(std, fmt)}"
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -79,10 +81,10 @@ def summary_table(rows: list[dict]) -> str:
     for (method, lr), group in groups.items():
         ratios = [r["grad_ratio"] for r in group]
         lines.append(
-            f"| {method} | {lr:g} | {len(group)} | {mean_std(ratios, '.2f')} |"
+            f"| {method} | {lr:g} | {len(group)} | {spread(ratios, '.2f')} |"
             f" {min(ratios):.2f} - {max(ratios):.2f} |"
-            f" {mean_std([r['disp_ratio'] for r in group], '.2f')} |"
-            f" {mean_std([r['accuracy'] for r in group], '.1f')} |"
+            f" {spread([r['disp_ratio'] for r in group], '.2f')} |"
+            f" {spread([r['accuracy'] for r in group], '.1f')} |"
         )
     return "\n".join(lines)
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from fewmask.experiments.common import mean_std
 
 METHODS = ("maml", "metaticket", "metaticket_iterand")
 
@@ -32,9 +33,10 @@ def read_seed(path: Path) -> dict[tuple[float, int, int, str], float]:
         }
 
 
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} +- {std:.2f}"
+def spread(values: list[float]) -> str:
+    """``mean +- sample std`` of ``values`` in points, two decimals."""
+    mean, std = mean_std(values)
+    return f"{mean:.2f} +- {std:.2f}"
 
 
 def summary_table(seeds: list[dict], ways: int | None = None) -> str:
@@ -57,9 +59,9 @@ def summary_table(seeds: list[dict], ways: int | None = None) -> str:
         lead = [a - b for a, b in zip(acc["maml"], acc["metaticket"])]
         gain = [a - b for a, b in zip(acc["metaticket_iterand"], acc["metaticket"])]
         lines.append(
-            f"| {n} | {k} | {w:g} | {len(seeds)} | {mean_std(acc['maml'])} |"
-            f" {mean_std(acc['metaticket'])} | {mean_std(acc['metaticket_iterand'])} |"
-            f" {mean_std(lead)} | {mean_std(gain)} | {min(gain):+.2f} - {max(gain):+.2f} |"
+            f"| {n} | {k} | {w:g} | {len(seeds)} | {spread(acc['maml'])} |"
+            f" {spread(acc['metaticket'])} | {spread(acc['metaticket_iterand'])} |"
+            f" {spread(lead)} | {spread(gain)} | {min(gain):+.2f} - {max(gain):+.2f} |"
         )
     return "\n".join(lines)
 

@@ -52,12 +52,9 @@ class GraphedMetaStep:
         self._result: StepResult | None = None
 
     def __call__(self, episodes: Sequence[Episode]) -> StepResult:
-        device = next(iter(self.engine.backbone.parameters())).device
-        if device.type != "cuda":
-            raise RuntimeError(f"GraphedMetaStep needs a CUDA device; the model is on {device}")
         key = tuple((tuple(t.shape), t.dtype) for e in episodes for t in e)
         if self._graph is None or key != self._key:
-            self._capture(episodes, device)
+            self._capture(episodes)
             self._key = key
         else:
             for static, episode in zip(self._inputs, episodes):
@@ -66,7 +63,10 @@ class GraphedMetaStep:
         self._graph.replay()
         return self._result
 
-    def _capture(self, episodes: Sequence[Episode], device: torch.device) -> None:
+    def _capture(self, episodes: Sequence[Episode]) -> None:
+        device = next(iter(self.engine.backbone.parameters())).device
+        if device.type != "cuda":
+            raise RuntimeError(f"GraphedMetaStep needs a CUDA device; the model is on {device}")
         self._graph = self._result = None  # free the old graph's pool first
         self._inputs = [Episode(*(t.to(device).clone() for t in e)) for e in episodes]
         side = torch.cuda.Stream(device)
