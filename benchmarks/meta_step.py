@@ -23,7 +23,8 @@ separate untimed run). FLOPs are counted once on the loop with ``FlopCounterMode
 is ``||g_engine - g_loop|| / ||g_loop||`` over the concatenated meta-gradients.
 
 ``--malloc both`` (default on CPU) runs everything twice, each in a fresh process: with glibc's
-default ``malloc`` and with :func:`fewmask.malloc.tune_glibc_malloc`; the loop is timed under
+default ``malloc`` and with :func:`fewmask.runtime.allocator.tune_glibc_malloc`; the loop is timed
+under
 the same setting as the engine, so each row's ratio is the engine's own gain. On CPU resnet12 is
 left out unless named in ``--models`` (minutes per iteration on one core).
 """
@@ -46,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fewmask
 from fewmask import Engine, EngineOptions, Episode
-from fewmask.malloc import is_glibc, trim, tune_glibc_malloc
+from fewmask.runtime.allocator import is_glibc, trim, tune_glibc_malloc
 from fewmask.testing import engine_gradient, random_episodes, reference_engine_gradient
 
 WAYS, SHOTS, QUERIES, LR = 5, 5, 15, 0.5

@@ -9,7 +9,7 @@ real data set of that shape), runs two warm-up iterations, then ``Trainer.train_
 ``--seconds`` have passed (at least ``--min-iterations``). Thread counts alternate within each
 repeat, so a change in the machine's load hits both alike; the table gives the median seconds per
 iteration over the repeats, and the multiply-adds per task that ``train.threads: auto`` compares
-with :data:`fewmask.threads.SMALL_WORK` (docs/performance.md holds the measured numbers).
+with :data:`fewmask.runtime.threads.SMALL_WORK` (docs/performance.md holds the measured numbers).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def measure(case: str, threads: int, seconds: float, min_iterations: int) -> dic
 
     torch.set_num_threads(threads)
     from fewmask import TrainConfig, Trainer, create
+    from fewmask.runtime.threads import forward_macs, task_images
     from fewmask.testing import make_dataset
-    from fewmask.threads import forward_macs, task_images
 
     name, shape, shots, queries = CASES[case]
     data = {"train": make_dataset(classes=20, per_class=shots + queries + 2, shape=shape)}

@@ -17,7 +17,6 @@ from fewmask_plugin_metaticket import (
 )
 
 from fewmask import TrainConfig, Trainer, create
-from fewmask.builtins.backbones import MLP, OmniglotMLPConfig
 
 
 def main() -> None:
@@ -30,7 +29,9 @@ def main() -> None:
     source = create("dataset", "glyphs")  # components by registered name ...
     datasets = {split: source.load(split) for split in ("train", "val", "test")}
     sampler = create("sampler", "episodic", {"ways": 5, "shots": 1})
-    backbone = MLP(OmniglotMLPConfig(width=1.0), input_shape=(1, 28, 28), num_classes=5)
+    backbone = create(
+        "backbone", "omniglot_mlp", {"width": 1.0}, input_shape=(1, 28, 28), num_classes=5
+    )
     masker = MetaTicketMasker(MetaTicketConfig(init_sparsity=0.0))  # ... or as plain objects
     inner = create("inner_optimizer", "sgd", {"lr": 0.4, "steps": 1, "test_steps": 3})
     objective = MetaTicketObjective(MetaTicketObjectiveConfig(lr=10.0, warmup=100))

@@ -14,7 +14,14 @@ default session unless given ``registry=`` (see :mod:`fewmask.session`).
 from __future__ import annotations
 
 from fewmask.builtins.inner import SGDInner, SGDInnerConfig
+from fewmask.builtins.outer import (
+    OuterConfig,
+    OuterLoopObjective,
+    ScheduledLR,
+    build_outer_optimizer,
+)
 from fewmask.config import ExperimentConfig, TrainConfig
+from fewmask.config.resolve import ResolvedConfig
 from fewmask.datasets.base import CachedSource, CachedSourceConfig
 from fewmask.engine import Engine, EngineOptions, StepResult
 from fewmask.errors import (
@@ -32,7 +39,6 @@ from fewmask.errors import (
     RunLockedError,
     UnknownComponentError,
 )
-from fewmask.hookspecs import hookimpl
 from fewmask.interfaces import (
     Backbone,
     DatasetSource,
@@ -46,20 +52,19 @@ from fewmask.interfaces import (
     SGDSteps,
 )
 from fewmask.options import ComponentRef, component, option
-from fewmask.outer import OuterConfig, OuterLoopObjective, ScheduledLR, build_outer_optimizer
-from fewmask.plugins import load_registry
 from fewmask.registry import ComponentInfo, Registry
-from fewmask.resolve import ResolvedConfig
+from fewmask.registry.hookspecs import hookimpl
 from fewmask.session import (
     build_trainer,
     create,
     default_registry,
     list_components,
     load_config,
+    load_registry,
     reset_default_registry,
     resolve,
 )
-from fewmask.trainer import Trainer
+from fewmask.training.trainer import Trainer
 from fewmask.version import __version__
 
 __all__ = [

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from fewmask.budget import check_fits, estimate_memory
 from fewmask.config import (
     COMPONENT_FIELDS,
     ExperimentConfig,
@@ -20,21 +19,22 @@ from fewmask.config import (
     read_config_file,
     unstructure,
 )
-from fewmask.engine import distributed
-from fewmask.errors import ConfigError
-from fewmask.malloc import apply_train_option
-from fewmask.options import converter
-from fewmask.overrides import changed_values, check_resume_changes, check_test_changes
-from fewmask.registry import Registry
-from fewmask.resolve import (
+from fewmask.config.overrides import changed_values, check_resume_changes, check_test_changes
+from fewmask.config.resolve import (
     ResolvedConfig,
     plain_config,
     resolve_component,
     resolve_config,
 )
-from fewmask.run import RunFolder
-from fewmask.trainer import Trainer
-from fewmask.transforms import match_shape
+from fewmask.datasets.transforms import match_shape
+from fewmask.errors import ConfigError
+from fewmask.options import converter
+from fewmask.registry import Registry
+from fewmask.runtime import distributed
+from fewmask.runtime.allocator import apply_train_option
+from fewmask.runtime.folder import RunFolder
+from fewmask.runtime.memory import check_fits, estimate_memory
+from fewmask.training.trainer import Trainer
 
 
 def component_kind(kind: str, registry: Registry) -> str:
@@ -99,7 +99,7 @@ def build_trainer(
     """Validate the whole config, then build the data, the five components and the Trainer.
 
     Before any data is read it applies ``train.tune_malloc``; the ``test_datasets`` are resized
-    to the train split's image shape (:func:`fewmask.transforms.match_shape`)."""
+    to the train split's image shape (:func:`fewmask.datasets.transforms.match_shape`)."""
     resolved = resolve(config, overrides, registry=registry)
     experiment, parts = resolved.experiment, resolved.components
     apply_train_option(experiment.train.tune_malloc)  # process-wide, before the data is loaded
@@ -182,9 +182,9 @@ def build_run_trainer(
     ``what`` names the argument in the error when the folder holds no checkpoint.
 
     With ``resume`` (to train on), overrides that change what is trained are refused, naming
-    them (:data:`fewmask.overrides.RESUMABLE` lists what may change), and the accepted changes are
-    recorded in the run folder's ``resumes.jsonl``. Without it (to meta-test), overrides may not
-    change the model (:data:`fewmask.overrides.TEST_FIXED`)."""
+    them (:data:`fewmask.config.overrides.RESUMABLE` lists what may change), and the accepted
+    changes are recorded in the run folder's ``resumes.jsonl``. Without it (to meta-test),
+    overrides may not change the model (:data:`fewmask.config.overrides.TEST_FIXED`)."""
     run = RunFolder(run_dir)
     state = run.load_checkpoint(what)
     stored = run.stored_config(state)

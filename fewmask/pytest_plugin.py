@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fewmask.interfaces import FewShotDataset
-from fewmask.plugins import load_registry
 from fewmask.registry import Registry
+from fewmask.session import load_registry
 from fewmask.testing import make_dataset
 
 

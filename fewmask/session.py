@@ -1,23 +1,151 @@
-"""The default session: one registry per process, loaded on first use, for convenience.
+"""The host: finding plugins and filling a registry, and the process's default session.
 
-The core (config resolution, factory, Trainer) always takes a registry explicitly. These
-wrappers, re-exported at the package root, fill it in with the session's registry, so that
+Plugins are entry points in the group ``fewmask`` (as in pluggy's eggsample, the host registers
+fewmask's own components as an ordinary plugin first). Environment switches (read when no
+explicit argument is given):
+
+- ``FEWMASK_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry point except those named in
+  ``FEWMASK_LOAD_PLUGINS``.
+- ``FEWMASK_LOAD_PLUGINS=a,b``: load these entry points even when autoload is off.
+- ``FEWMASK_DISABLE_PLUGINS=a,b``: never load these entry points.
+- ``FEWMASK_STRICT_PLUGINS=1``: a plugin that fails to load raises instead of warning.
+
+The core (config resolution, factory, Trainer) always takes a registry explicitly. The session
+wrappers below, re-exported at the package root, fill it in with the process's registry, so that
 ``fewmask.create("masker", "metaticket")`` works in a notebook. A program that wants another set
-of plugins makes its own with :func:`fewmask.plugins.load_registry` and passes ``registry=``.
+of plugins makes its own with :func:`load_registry` and passes ``registry=``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import traceback
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pluggy
+
 from fewmask import factory
 from fewmask.config import ExperimentConfig
-from fewmask.plugins import load_registry
-from fewmask.registry import Registry
-from fewmask.resolve import ResolvedConfig
-from fewmask.trainer import Trainer
+from fewmask.config.resolve import ResolvedConfig
+from fewmask.errors import PluginLoadError
+from fewmask.registry import PluginFailure, Provider, Registry, hookspecs
+from fewmask.training.trainer import Trainer
+
+ENTRY_POINT_GROUP = "fewmask"
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin failed to import or register and was skipped."""
+
+
+def _env_list(name: str) -> set[str]:
+    return {item.strip() for item in os.environ.get(name, "").split(",") if item.strip()}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _builtin_provider() -> Provider:
+    from fewmask.version import __version__
+
+    return Provider("builtins", "fewmask", __version__)
+
+
+def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _distribution_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return ("unknown distribution", "?")
+    return (dist.metadata["Name"] or "unknown distribution", dist.version or "?")
+
+
+def _record_failure(
+    failures: list[PluginFailure],
+    ep_name: str,
+    dist: tuple[str, str],
+    exc: BaseException,
+    strict: bool,
+) -> None:
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    failure = PluginFailure(ep_name, dist[0], dist[1], detail)
+    if strict:
+        raise PluginLoadError(str(failure)) from exc
+    failures.append(failure)
+    warnings.warn(str(failure), PluginLoadWarning, stacklevel=3)
+
+
+def get_plugin_manager(
+    autoload: bool | None = None,
+    only: Iterable[str] | None = None,
+    blocked: Iterable[str] | None = None,
+    strict: bool | None = None,
+) -> tuple[pluggy.PluginManager, dict[str, Provider], list[PluginFailure]]:
+    """A fresh plugin manager with the built-ins and the selected entry points loaded.
+
+    Returns the manager, the provider of each registered plugin name, and the plugins that failed.
+    """
+    autoload = not _env_flag("FEWMASK_DISABLE_PLUGIN_AUTOLOAD") if autoload is None else autoload
+    only = _env_list("FEWMASK_LOAD_PLUGINS") if only is None else set(only)
+    blocked = _env_list("FEWMASK_DISABLE_PLUGINS") if blocked is None else set(blocked)
+    strict = _env_flag("FEWMASK_STRICT_PLUGINS") if strict is None else strict
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    from fewmask import builtins
+
+    pm.register(builtins, name="builtins")
+    providers = {"builtins": _builtin_provider()}
+    failures: list[PluginFailure] = []
+    seen: set[str] = set()
+    for ep in _entry_points():
+        if ep.name in blocked or ep.name in seen or not (autoload or ep.name in only):
+            continue
+        seen.add(ep.name)
+        dist = _distribution_of(ep)
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:
+            _record_failure(failures, ep.name, dist, exc, strict)
+            continue
+        providers[ep.name] = Provider(ep.name, *dist)
+    pm.check_pending()
+    return pm, providers, failures
+
+
+def load_registry(
+    autoload: bool | None = None,
+    only: Iterable[str] | None = None,
+    blocked: Iterable[str] | None = None,
+    strict: bool | None = None,
+) -> Registry:
+    """A registry filled by the built-ins and every selected plugin, with provenance recorded."""
+    pm, providers, failures = get_plugin_manager(autoload, only, blocked, strict)
+    registry = Registry()
+    registry.failures.extend(failures)
+    for impl in pm.hook.fewmask_register.get_hookimpls():  # registration order
+        provider = providers[impl.plugin_name]
+        try:
+            impl.function(registry=registry.scoped(provider))
+        except (TypeError, ValueError, ImportError, AttributeError) as exc:
+            strict_mode = _env_flag("FEWMASK_STRICT_PLUGINS") if strict is None else strict
+            _record_failure(
+                registry.failures,
+                provider.plugin,
+                (provider.distribution, provider.version),
+                exc,
+                strict_mode,
+            )
+    return registry
+
 
 ConfigLike = ResolvedConfig | ExperimentConfig | Mapping[str, Any] | str | Path
 

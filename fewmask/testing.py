@@ -9,6 +9,9 @@
   put an :class:`~fewmask.engine.Engine`'s components through the loop and the engine, on
   any of the :data:`ENGINE_PATHS`.
 
+:func:`adapt` (the inner loop) and :func:`masked_forward` are the exact engine's own pieces,
+for tests that build on them.
+
 The pytest fixtures live in :mod:`fewmask.pytest_plugin`
 (``pytest_plugins = ["fewmask.pytest_plugin"]``).
 """
@@ -20,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from fewmask.engine import Engine, EngineOptions
+from fewmask.engine.exact import adapt as adapt  # re-exported for plugin tests
+from fewmask.engine.exact import masked_forward as masked_forward
 from fewmask.interfaces import Episode, FewShotDataset
 
 ENGINE_PATHS: dict[str, EngineOptions | None] = {

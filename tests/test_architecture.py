@@ -90,3 +90,57 @@ def test_the_core_imports_without_the_optional_extras():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def layered_names() -> set[str]:
+    """Every module or room named in the layers contract (``a | b`` and ``a : b`` split)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["id"] == "layers")["layers"]
+    return {name.strip() for layer in layers for name in layer.replace(":", "|").split("|")}
+
+
+def test_every_root_module_and_room_has_a_contract_line():
+    """A new module at the package root, or a new room, must be placed in the layers."""
+    package = ROOT / "fewmask"
+    names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    names |= {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    missing = sorted(names - layered_names())
+    assert not missing, f"add to [tool.importlinter] layers in pyproject.toml: {missing}"
+    stale = sorted(layered_names() - names)
+    assert not stale, f"layers name modules that no longer exist: {stale}"
+
+
+def test_the_root_stays_small():
+    """The package root holds the public face and the leaves; everything else lives in a room."""
+    modules = [p.stem for p in (ROOT / "fewmask").glob("*.py") if p.stem != "__init__"]
+    assert len(modules) <= 10, sorted(modules)
+
+
+def public_api_reaches(paths: list[Path]) -> list[str]:
+    """``file: import`` for every import of a fewmask submodule in ``paths`` (tests of plugins
+    and examples may import only the package root, ``fewmask.testing`` and the pytest plugin)."""
+    import ast
+
+    allowed = {"fewmask", "fewmask.testing", "fewmask.pytest_plugin"}
+    found = []
+    for path in paths:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            found += [
+                f"{path.relative_to(ROOT)}: {n}"
+                for n in names
+                if (n == "fewmask" or n.startswith("fewmask.")) and n not in allowed
+            ]
+    return found
+
+
+def test_plugins_their_tests_and_examples_use_only_the_package_root():
+    paths = [*(ROOT / "plugins").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
+    paths = [p for p in paths if "build" not in p.parts]
+    assert paths
+    assert public_api_reaches(paths) == []

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from fewmask import ConfigError, load_config
 from fewmask import resolve as resolve_config
 from fewmask.config import ExperimentConfig, TrainConfig, apply_overrides, parse_experiment
+from fewmask.config.resolve import plain_config
 from fewmask.options import converter
-from fewmask.resolve import plain_config
 
 BASE = {"backbone": {"name": "omniglot_mlp"}}
 

@@ -11,7 +11,7 @@ import pytest
 
 from fewmask.cli import main
 from fewmask.config import parse_value, read_config_file
-from fewmask.configfile import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from fewmask.config.files import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from fewmask.errors import ConfigError
 
 TINY = """\

@@ -9,8 +9,8 @@ import torch
 
 from fewmask import DatasetError
 from fewmask.cli import main
+from fewmask.datasets.transforms import match_shape
 from fewmask.testing import make_dataset
-from fewmask.transforms import match_shape
 
 
 def test_match_shape_resizes_and_converts_channels():

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from fewmask import Trainer, build_trainer
-from fewmask.checkpoint import load_checkpoint
 from fewmask.cli import main
-from fewmask.engine.distributed import share
+from fewmask.runtime.checkpoint import load_checkpoint
+from fewmask.runtime.distributed import share
 
 TOLERANCE = 1e-12
 
@@ -120,7 +120,7 @@ def assert_same_results(a: dict, b: dict) -> None:
 WORKER = """
 import json, sys, torch
 from fewmask import NonFiniteError, build_trainer
-from fewmask.engine import distributed
+from fewmask.runtime import distributed
 from fewmask.cli import main
 
 cases_file, out_dir, cli_config, cli_run = sys.argv[1:]

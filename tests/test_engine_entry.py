@@ -14,7 +14,7 @@ from fewmask import (
     Trainer,
     create,
 )
-from fewmask.outer import scheduled_lr
+from fewmask.builtins.outer import scheduled_lr
 from fewmask.testing import make_dataset
 
 SHAPE, WAYS = (1, 28, 28), 5

@@ -10,10 +10,10 @@ import torch
 
 from fewmask import budget
 from fewmask.cli import main
+from fewmask.cli.errors import describe
 from fewmask.datasets.folders import ImageFolderConfig, ImageFolderSource
 from fewmask.datasets.layout import read_split_file
 from fewmask.errors import DatasetError
-from fewmask.failures import describe
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_a_bug_is_one_line_and_debug_adds_the_traceback(config, tmp_path, capsys
     def boom(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr("fewmask.trainer.Trainer.test", boom)
+    monkeypatch.setattr("fewmask.training.trainer.Trainer.test", boom)
     assert train(config, tmp_path / "a") == 1
     err = capsys.readouterr().err
     assert "fewmask: internal error: RuntimeError: boom" in err and "second line" not in err
@@ -50,7 +50,7 @@ def test_an_operating_system_error_names_the_path_and_the_fix(
     def refuse(self, results):
         raise PermissionError(13, "Permission denied", str(self.results))
 
-    monkeypatch.setattr("fewmask.run.RunFolder.write_results", refuse)
+    monkeypatch.setattr("fewmask.runtime.folder.RunFolder.write_results", refuse)
     assert train(config, tmp_path / "run") == 1
     err = capsys.readouterr().err
     assert f"PermissionError: '{tmp_path / 'run' / 'results.json'}': Permission denied" in err

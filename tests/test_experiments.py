@@ -514,7 +514,7 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_values(
     base_config, tmp_path, monkeypatch
 ):
     from fewmask.experiments import run_experiment
-    from fewmask.trainer import Trainer
+    from fewmask.training.trainer import Trainer
 
     settings = {"methods": ["maml"], "inner_lrs": [0.4], "smooth": 1}
     options = ["train.iterations=4", "train.checkpoint_every=2"]

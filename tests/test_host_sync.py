@@ -175,7 +175,7 @@ def test_train_step_reads_the_host_once(algorithm, engine_name):
     reads: list[str] = []
     with host_reads(reads):
         stats = run.train_step(batch)
-    assert reads == ["tolist from fewmask.trainer"], reads
+    assert reads == ["tolist from fewmask.training.trainer"], reads
     assert set(stats) == {"loss", "accuracy"} and all(type(v) is float for v in stats.values())
 
 

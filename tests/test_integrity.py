@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from fewmask.checkpoint import load_checkpoint, save_checkpoint, state_digest
 from fewmask.cli import main
 from fewmask.errors import CheckpointError, CheckpointWriteError, FewmaskWarning, NonFiniteError
-from fewmask.run import RunFolder
+from fewmask.runtime.checkpoint import load_checkpoint, save_checkpoint, state_digest
+from fewmask.runtime.folder import RunFolder
 
 
 def state() -> dict:

@@ -203,10 +203,10 @@ def test_the_extras_and_plugin_dependencies_are_declared():
 
 
 def test_the_install_hints_name_what_the_plugins_register():
-    """fewmask.known_plugins (what an unknown name suggests installing) matches what the
+    """fewmask.registry.known (what an unknown name suggests installing) matches what the
     installed first-party plugins register, and names only their distributions."""
-    from fewmask.known_plugins import PROVIDERS
-    from fewmask.plugins import load_registry
+    from fewmask.registry.known import PROVIDERS
+    from fewmask.session import load_registry
 
     registry = load_registry(strict=True)
     registered = {
@@ -221,7 +221,7 @@ def test_the_install_hints_name_what_the_plugins_register():
 def test_an_unknown_first_party_name_says_what_to_install(monkeypatch):
     import importlib.metadata
 
-    from fewmask.plugins import load_registry
+    from fewmask.session import load_registry
 
     registry = load_registry(autoload=False, only=(), blocked=())
     message = registry.unknown_message("masker", "metaticket")

@@ -12,8 +12,8 @@ import pytest
 import fewmask
 from fewmask import plugins
 from fewmask.builtins.maskers import DenseMasker
-from fewmask.plugins import PluginLoadWarning, load_registry
 from fewmask.registry import Provider, Registry
+from fewmask.session import PluginLoadWarning, load_registry
 
 
 class FakeDist:
@@ -159,7 +159,7 @@ def test_config_and_description_come_from_the_class_unless_given():
 def test_every_hookspec_is_documented():
     from pathlib import Path
 
-    from fewmask import hookspecs
+    from fewmask.registry import hookspecs
 
     doc = (Path(__file__).parents[1] / "docs" / "writing-plugins.md").read_text()
     specs = [n for n in dir(hookspecs) if n.startswith("fewmask_")]

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewmask.checkpoint import load_checkpoint
 from fewmask.cli import main
-from fewmask.run import RunFolder
+from fewmask.runtime.checkpoint import load_checkpoint
+from fewmask.runtime.folder import RunFolder
 
 CONFIG = """
 seed: 4
@@ -114,7 +114,7 @@ def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path, kill_after
 
 DYING_WRITE = """
 import io, os, signal, sys, torch
-import fewmask.checkpoint as checkpoint
+import fewmask.runtime.checkpoint as checkpoint
 from fewmask.cli import main
 
 real_save, calls = torch.save, []
@@ -173,7 +173,7 @@ def test_interrupted_write_in_process_leaves_old_checkpoint(tmp_path, monkeypatc
 def test_resumed_event_file_sorts_after_the_interrupted_one(tmp_path):
     """TensorBoard reads event files in name order (creation second, host, pid): a resume within
     the same second as the crash, from a lower pid, must still come last."""
-    from fewmask.loggers import RunLogger
+    from fewmask.training.loggers import RunLogger
 
     folder = tmp_path / "tensorboard"
     folder.mkdir()
@@ -188,7 +188,7 @@ def test_resumed_event_file_sorts_after_the_interrupted_one(tmp_path):
 
 def test_metrics_lines_reach_the_file_as_they_are_logged(tmp_path):
     """A user tailing metrics.jsonl sees each scalar at once, not at the next checkpoint."""
-    from fewmask.loggers import RunLogger
+    from fewmask.training.loggers import RunLogger
 
     logger = RunLogger(tmp_path)
     logger.scalar("train/loss", 1.5, 10)
@@ -198,7 +198,7 @@ def test_metrics_lines_reach_the_file_as_they_are_logged(tmp_path):
 
 
 def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
-    from fewmask.loggers import RunLogger
+    from fewmask.training.loggers import RunLogger
 
     lines = [json.dumps({"step": s, "tag": "train/loss", "value": 0.5}) for s in (1, 2, 3)]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "ta')
@@ -207,8 +207,8 @@ def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
 
 
 def test_the_run_folder_names_every_file_and_cleans_up_partial_writes(tmp_path):
-    from fewmask.checkpoint import save_checkpoint
-    from fewmask.run import RunFolder
+    from fewmask.runtime.checkpoint import save_checkpoint
+    from fewmask.runtime.folder import RunFolder
 
     run = RunFolder(tmp_path / "run")
     assert not run.holds_run() and not run.path.exists()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewmask.checkpoint import load_checkpoint
 from fewmask.cli import main
+from fewmask.runtime.checkpoint import load_checkpoint
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "metaticket_glyphs.yaml"
 TINY = [

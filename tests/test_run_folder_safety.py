@@ -15,11 +15,11 @@ import pytest
 from fewmask.cli import main
 from fewmask.errors import ConfigError
 from fewmask.experiments.outputs import MANIFEST, discard_outputs, record
-from fewmask.run import RunFolder
+from fewmask.runtime.folder import RunFolder
 
 HOLDER = """
 import sys, time
-from fewmask.runlock import acquire
+from fewmask.runtime.lock import acquire
 acquire(sys.argv[1])
 print("ready", flush=True)
 time.sleep(120)
@@ -134,7 +134,7 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
         assert json.loads(run.lock_file.read_text())["pid"] == os.getpid()
     assert not run.lock_file.exists()
     with run.locked():  # another process sees it held
-        code = f"from fewmask.runlock import acquire; acquire({str(run.path)!r})"
+        code = f"from fewmask.runtime.lock import acquire; acquire({str(run.path)!r})"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert f"RunLockedError: {run.path} is in use by pid {os.getpid()}" in result.stderr

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from fewmask import TrainConfig, Trainer, create
-from fewmask.progress import Progress, labelled
+from fewmask.runtime.progress import Progress, labelled
 from fewmask.testing import make_dataset
 
 LAYER = "features.1.linear.weight"
@@ -99,7 +99,7 @@ def test_runs_are_named_after_their_folders(metaticket_run, tmp_path):
 
 
 def test_an_earlier_runs_tensorboard_folder_is_kept(tmp_path):
-    from fewmask.run import RunFolder
+    from fewmask.runtime.folder import RunFolder
 
     run = RunFolder(tmp_path / "old")
     assert run.tensorboard == run.path

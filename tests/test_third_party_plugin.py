@@ -78,7 +78,7 @@ def test_example_config_validates(as_installed, capsys):
     assert "name: smoothed_scores" in capsys.readouterr().out
     data = yaml.safe_load(CONFIG.read_text())
     del data["masker"]  # the objective's default masker is the plugin's own
-    resolved = fewmask.resolve(data)
+    resolved = fewmask.config.resolve(data)
     assert resolved.components["masker"].name == "global_magnitude"
 
 
@@ -133,8 +133,8 @@ def fewmask_imports(source: str) -> list[str]:
 
 
 def test_the_import_check_catches_private_imports():
-    code = "import fewmask\nimport fewmask.config\nfrom fewmask.outer import OuterConfig\n"
-    assert fewmask_imports(code) == ["fewmask", "fewmask.config", "fewmask.outer"]
+    code = "import fewmask\nimport fewmask.config\nfrom fewmask.builtins.outer import OuterConfig\n"
+    assert fewmask_imports(code) == ["fewmask", "fewmask.config", "fewmask.builtins.outer"]
     assert fewmask_imports("from fewmask_plugin_example import masker\n") == []
 
 

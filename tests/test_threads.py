@@ -7,8 +7,8 @@ import torch
 
 from fewmask import ConfigError, TrainConfig, Trainer, create
 from fewmask.config import parse_experiment
+from fewmask.runtime.threads import SMALL_WORK, choose_threads, forward_macs, task_images
 from fewmask.testing import make_dataset
-from fewmask.threads import SMALL_WORK, choose_threads, forward_macs, task_images
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -20,8 +20,8 @@ from fewmask import (
     build_trainer,
     create,
 )
-from fewmask.checkpoint import load_checkpoint
 from fewmask.cli import main
+from fewmask.runtime.checkpoint import load_checkpoint
 from fewmask.testing import make_dataset
 
 
@@ -314,10 +314,11 @@ def test_engine_choice_is_validated(tmp_path, capsys):
 
 
 def test_tune_malloc_is_applied_where_a_run_is_built_and_warns_where_it_cannot(monkeypatch):
-    import fewmask.malloc
+    import fewmask.runtime.allocator
 
     calls = []
-    monkeypatch.setattr(fewmask.malloc, "tune_glibc_malloc", lambda: calls.append(1) or True)
+    tune = lambda: calls.append(1) or True  # noqa: E731
+    monkeypatch.setattr(fewmask.runtime.allocator, "tune_glibc_malloc", tune)
     config = {
         "backbone": {"name": "omniglot_mlp", "options": {"hidden": [8]}},
         "train": {"tune_malloc": True, "progress": False},
@@ -326,7 +327,7 @@ def test_tune_malloc_is_applied_where_a_run_is_built_and_warns_where_it_cannot(m
     build_trainer(config, ["train.tune_malloc=false"])
     make_trainer(tune_malloc=True)  # a Trainer composed in Python leaves it to its caller
     assert calls == [1]
-    monkeypatch.setattr(fewmask.malloc, "tune_glibc_malloc", lambda: False)
+    monkeypatch.setattr(fewmask.runtime.allocator, "tune_glibc_malloc", lambda: False)
     with pytest.warns(UserWarning, match="train.tune_malloc: not a glibc system"):
         build_trainer(config)
 
@@ -338,7 +339,7 @@ def test_glibc_malloc_setting_is_accepted_and_training_still_works():
     import sys
 
     code = (
-        "from fewmask.malloc import tune_glibc_malloc, trim\n"
+        "from fewmask.runtime.allocator import tune_glibc_malloc, trim\n"
         "ok = tune_glibc_malloc(); assert trim() == ok\n"
         "import torch; x = [torch.ones(2**22) for _ in range(3)]; del x\n"
         "print(ok)\n"

@@ -9,7 +9,7 @@ from fewmask.builtins.inner import SGDInner
 from fewmask.builtins.maskers import DenseMasker
 from fewmask.builtins.objectives import MAMLObjective
 from fewmask.builtins.samplers import EpisodicSampler
-from fewmask.hookspecs import hookimpl
+from fewmask.registry.hookspecs import hookimpl
 
 
 @hookimpl

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewmask.builtins.backbones import LinearHeadBackbone, require_valid, size_problems
-from fewmask.checkpointing import checkpointed
+from fewmask.builtins.recompute import checkpointed
 from fewmask.errors import ConfigError
 from fewmask.options import option
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import attrs
 from torch import nn
 
+from fewmask.builtins.outer import OuterConfig, OuterLoopObjective
 from fewmask.interfaces import Backbone, Masker
-from fewmask.outer import OuterConfig, OuterLoopObjective
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@
 
 ``meta_step`` returns the mean-over-tasks gradients of the objective's meta-parameters by name
 and touches no ``.grad``. Under ``torchrun`` it differentiates this rank's share of the episodes
-and all-reduces (:mod:`fewmask.engine.distributed`), so every rank gets the same result.
+and all-reduces (:mod:`fewmask.runtime.distributed`), so every rank gets the same result.
 
 Paths: :mod:`~fewmask.engine.exact` (per task, the reference) and, with
 :class:`EngineOptions`, :mod:`~fewmask.engine.fused` (plain-SGD inner loops) and
@@ -26,7 +26,6 @@ import attrs
 import torch
 from torch import Tensor
 
-from fewmask.engine import distributed
 from fewmask.engine.batchnorm import fused_batchnorm
 from fewmask.engine.exact import (
     TaskResult,
@@ -36,6 +35,7 @@ from fewmask.engine.exact import (
 )
 from fewmask.engine.fused import fused_meta_gradient, single_rate
 from fewmask.interfaces import Backbone, Episode, InnerOptimizer, Masker, MetaObjective, Params
+from fewmask.runtime import distributed
 
 
 @attrs.frozen

@@ -20,14 +20,14 @@ import attrs
 import torch
 
 from fewmask.config import TrainConfig
+from fewmask.config.resolve import ResolvedConfig, plain_config
 from fewmask.errors import ConfigError
 from fewmask.experiments.outputs import discard_outputs, record
 from fewmask.options import structure_config
-from fewmask.progress import labelled
-from fewmask.resolve import ResolvedConfig, plain_config
-from fewmask.run import RunFolder
+from fewmask.runtime.folder import RunFolder
+from fewmask.runtime.progress import labelled
 from fewmask.session import resolve as resolve_config
-from fewmask.trainer import Trainer
+from fewmask.training.trainer import Trainer
 
 SETTINGS_PATH = "$.experiment"
 Prepare = Callable[[Trainer], Sequence[Callable[[Trainer], None]]]

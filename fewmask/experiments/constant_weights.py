@@ -39,7 +39,7 @@ from fewmask.experiments.common import (
 from fewmask.experiments.diagnostics import FILE, MaskDiagnostics, probe_batches, read_rows
 from fewmask.experiments.plots import Series, bar_chart, line_chart, tile
 from fewmask.options import option
-from fewmask.trainer import Trainer
+from fewmask.training.trainer import Trainer
 
 VARIANTS = (
     "metaticket_constant",

@@ -6,7 +6,7 @@
 - **Mean pairwise Hamming distance** of a layer's mask: the fraction of fan-in positions where
   two units' binary masks differ, averaged over unit pairs. 0: every unit keeps the same inputs.
 
-:class:`MaskDiagnostics` measures both over training (a :meth:`fewmask.trainer.Trainer.fit`
+:class:`MaskDiagnostics` measures both over training (a :meth:`fewmask.training.trainer.Trainer.fit`
 callback) on the network the outer loop learns, before any task adaptation: the current masks
 over the current weights, on a few fixed probe episodes, each episode's support and query images
 in one batch, so that BatchNorm normalises with batch statistics as it does in training. It
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fewmask.engine import distributed
 from fewmask.engine.exact import masked_forward
 from fewmask.interfaces import Backbone, Params
-from fewmask.trainer import Trainer
+from fewmask.runtime import distributed
+from fewmask.training.trainer import Trainer
 
 FILE = "diagnostics.csv"
 COLUMNS = ("iteration", "layer", "participation_ratio", "hamming", "sparsity")

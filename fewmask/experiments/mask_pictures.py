@@ -21,9 +21,9 @@ from torch import Tensor
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import Experiment, markdown_table, register
 from fewmask.options import option
-from fewmask.pictures import tile_images
-from fewmask.pictures import unit_pictures as _unit_pictures
-from fewmask.trainer import Trainer
+from fewmask.training.pictures import tile_images
+from fewmask.training.pictures import unit_pictures as _unit_pictures
+from fewmask.training.trainer import Trainer
 
 
 @attrs.frozen
@@ -39,8 +39,8 @@ class MaskPicturesSettings:
 
 
 def unit_pictures(mask: Tensor, input_shape: tuple[int, ...]) -> Tensor:
-    """Masks as images ``[units, C, H, W]`` (:func:`fewmask.pictures.unit_pictures`); a mask
-    that is not the first layer's is an error."""
+    """Masks as images ``[units, C, H, W]`` (:func:`fewmask.training.pictures.unit_pictures`);
+    a mask that is not the first layer's is an error."""
     pictures = _unit_pictures(mask, input_shape)
     if pictures is None:
         raise ConfigError(

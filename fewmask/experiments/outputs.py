@@ -3,8 +3,8 @@
 Every file and run folder an :class:`~fewmask.experiments.common.Experiment` writes is listed in
 ``OUT/.fewmask-experiment.json`` as it is written. ``--force`` (:func:`discard_outputs`) removes
 the listed files, the files of the listed run folders that fewmask itself names
-(:meth:`fewmask.run.RunFolder.discard_all`) and the listing, then the folders left empty. Any
-other file (your notes, your code) stays; a folder without the listing is refused whole.
+(:meth:`fewmask.runtime.folder.RunFolder.discard_all`) and the listing, then the folders left
+empty. Any other file (your notes, your code) stays; a folder without the listing is refused whole.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from fewmask.errors import ConfigError
-from fewmask.run import RunFolder
+from fewmask.runtime.folder import RunFolder
 
 MANIFEST = ".fewmask-experiment.json"
 RUNS = "runs"

@@ -47,8 +47,8 @@ from fewmask.experiments.methods import METHODS, method_patch
 from fewmask.experiments.plots import Series, line_chart, tile
 from fewmask.interfaces import Backbone, InnerOptimizer, Masker, Params
 from fewmask.options import option
-from fewmask.progress import Progress
-from fewmask.trainer import Trainer
+from fewmask.runtime.progress import Progress
+from fewmask.training.trainer import Trainer
 
 SAVED = "task_gradient.json"  # a finished variant's curves, in its run folder
 PARTIAL = "task_gradient.partial.json"  # the curves up to the last checkpoint

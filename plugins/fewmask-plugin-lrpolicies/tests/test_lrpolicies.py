@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewmask import Engine, Episode, create
-from fewmask.engine.exact import adapt
-from fewmask.plugins import load_registry
-from fewmask.testing import reference_meta_loss
+from fewmask import Engine, Episode, create, load_registry
+from fewmask.testing import adapt, reference_meta_loss
 
 SHAPE, WAYS = (1, 2, 3), 3
 

@@ -13,8 +13,7 @@ from timm.layers import BatchNormAct2d
 from torch import nn
 
 import fewmask
-from fewmask import Episode, TrainConfig, Trainer, create
-from fewmask.plugins import load_registry
+from fewmask import Episode, TrainConfig, Trainer, create, load_registry
 from fewmask.testing import functional_forward, make_dataset, reference_meta_loss
 
 MODELS = ["resnet10t", "resnet18", "mobilenetv3_small_050", "convnext_atto"]
@@ -184,7 +183,7 @@ def no_model_building(monkeypatch):
 )
 def test_validation_rejects_bad_options_without_building(tmp_path, options, field, message):
     with pytest.raises(fewmask.ConfigError) as caught:
-        fewmask.resolve(experiment(tmp_path, options))
+        fewmask.config.resolve(experiment(tmp_path, options))
     (problem,) = caught.value.problems  # about the backbone only, not the missing data
     assert problem.startswith(f"$.backbone.options.{field}: "), problem
     assert message in problem, problem
@@ -193,7 +192,7 @@ def test_validation_rejects_bad_options_without_building(tmp_path, options, fiel
 @pytest.mark.usefixtures("no_model_building")
 def test_good_options_validate_without_building(tmp_path):
     options = {"model_name": "resnet18.a1_in1k", "kwargs": {"drop_rate": 0.1}}
-    fewmask.resolve(experiment(tmp_path, options))
+    fewmask.config.resolve(experiment(tmp_path, options))
 
 
 def test_reset_classifier_gives_a_fresh_head_of_the_new_width():

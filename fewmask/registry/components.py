@@ -1,6 +1,6 @@
 """The component registry: names -> (class, config class, provider), filled by plugins.
 
-A :class:`Registry` is a plain object: :func:`fewmask.plugins.load_registry` makes one per
+A :class:`Registry` is a plain object: :func:`fewmask.session.load_registry` makes one per
 session and hands each plugin's ``fewmask_register`` hook a :class:`ScopedRegistry` view of it.
 There is no registry at module level; building components from it is :mod:`fewmask.factory`'s.
 """
@@ -13,7 +13,7 @@ import attrs
 
 from fewmask.errors import DuplicateComponentError, UnknownComponentError, closest_name
 from fewmask.interfaces import COMPONENT_KINDS
-from fewmask.known_plugins import install_hint
+from fewmask.registry.known import install_hint
 
 
 @attrs.frozen
@@ -91,7 +91,7 @@ def _declared(
 
 
 class Registry:
-    """All registered components by kind and name; see :func:`fewmask.plugins.load_registry`."""
+    """All registered components by kind and name; see :func:`fewmask.session.load_registry`."""
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, ComponentInfo]] = {k: {} for k in COMPONENT_KINDS}

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from fewmask.options import converter
-from fewmask.run import RunFolder
+from fewmask.runtime.folder import RunFolder
 
 
 class MetricLogger(Protocol):

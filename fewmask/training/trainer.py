@@ -9,12 +9,13 @@ or from a config with :func:`fewmask.factory.build_trainer`. The Trainer attache
 the backbone, so pass a fresh (unattached) masker.
 
 The Trainer is the loop, its logging and its checkpoints. With ``run_dir`` it writes its files
-through a :class:`fewmask.run.RunFolder`; the checkpoint holds the config it was built from, so
+through a :class:`fewmask.runtime.folder.RunFolder`; the checkpoint holds the config it was built
+from, so
 :func:`fewmask.factory.build_run_trainer` rebuilds and resumes a run from the checkpoint alone.
 Allocator tuning and resizing the cross-domain sets happen where a run is built (the factory).
 
 Under ``torchrun`` the Trainer joins the process group and splits each meta-batch's tasks across
-the ranks (:mod:`fewmask.engine.distributed`); rank 0 alone logs, prints and writes files.
+the ranks (:mod:`fewmask.runtime.distributed`); rank 0 alone logs, prints and writes files.
 """
 
 from __future__ import annotations
@@ -28,13 +29,10 @@ from typing import Any
 
 import torch
 
-from fewmask.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
-from fewmask.checks import check_backbone_fits, check_train_config
 from fewmask.config import TrainConfig
-from fewmask.engine import Engine, EngineOptions, distributed
+from fewmask.engine import Engine, EngineOptions
 from fewmask.engine.graphs import GraphedMetaStep
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
-from fewmask.finite import check_meta_parameters, first_non_finite
 from fewmask.interfaces import (
     Backbone,
     Episode,
@@ -44,13 +42,23 @@ from fewmask.interfaces import (
     Masker,
     MetaObjective,
 )
-from fewmask.loggers import MetricLogger, NullLogger, RunLogger, run_config_text, run_hparams
-from fewmask.metrics import Accuracy, mask_sparsity
 from fewmask.options import converter
-from fewmask.pictures import mask_grid
-from fewmask.progress import Progress
-from fewmask.run import RunFolder
-from fewmask.threads import apply_threads
+from fewmask.runtime import distributed
+from fewmask.runtime.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
+from fewmask.runtime.folder import RunFolder
+from fewmask.runtime.progress import Progress
+from fewmask.runtime.threads import apply_threads
+from fewmask.training.checks import check_backbone_fits, check_train_config
+from fewmask.training.finite import check_meta_parameters, first_non_finite
+from fewmask.training.loggers import (
+    MetricLogger,
+    NullLogger,
+    RunLogger,
+    run_config_text,
+    run_hparams,
+)
+from fewmask.training.metrics import Accuracy, mask_sparsity
+from fewmask.training.pictures import mask_grid
 
 EVAL_CHUNK = 100  # episodes drawn per vectorised sampler call at evaluation
 
@@ -92,7 +100,7 @@ class Trainer:
                 raise DatasetError(
                     f"{dataset.name}: split '{split}' has images of shape {dataset.image_shape}, "
                     f"but the train split has {shape}; resize them to match "
-                    "(fewmask.transforms.match_shape)"
+                    "(fewmask.datasets.transforms.match_shape)"
                 )
             sampler.check(dataset)
         check_backbone_fits(backbone, shape, getattr(sampler, "ways", None))

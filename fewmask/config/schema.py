@@ -1,38 +1,28 @@
-"""Experiment configuration: attrs classes, one strict cattrs converter, YAML/TOML files, overrides.
+"""The config schema: the attrs classes of a run's config and phase 1 of structuring.
 
 Structuring happens in two phases so every problem is reported at once, before any tensor exists:
 
 1. the file (plus ``-o key=value`` overrides) becomes an :class:`ExperimentConfig` whose component
    references keep their ``options`` as plain dicts;
 2. each reference's name is looked up in a registry and its options are structured into the
-   component's own config class (:func:`fewmask.resolve.resolve_config`).
+   component's own config class (:func:`fewmask.config.resolve.resolve_config`).
 
-This module is the schema and the file IO; it never touches a registry itself.
+This module is the schema; files are read in :mod:`fewmask.config.files` and overridden in
+:mod:`fewmask.config.overrides`. It never touches a registry itself.
 
 Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import yaml
 from cattrs.errors import ClassValidationError, IterableValidationError
 
-from fewmask.configfile import (
-    MAX_VALUE_CHARS,
-    parse_text,
-    parse_yaml,
-    plain_data_problems,
-    read_text,
-)
 from fewmask.errors import ConfigError
 from fewmask.options import (
     ComponentRef,
@@ -43,7 +33,7 @@ from fewmask.options import (
 )
 
 if TYPE_CHECKING:
-    from fewmask.registry import Registry
+    pass
 
 
 @attrs.frozen
@@ -261,174 +251,6 @@ def parse_experiment(data: Any, source: str | None = None) -> ExperimentConfig:
     return experiment
 
 
-def parse_value(text: str) -> Any:
-    """A ``-o key=value`` value in YAML syntax: ``3``, ``1e-3``, ``[1, 2]``, ``x``.
-
-    Bounded like a config file (:mod:`fewmask.configfile`); any problem is a ConfigError."""
-    if len(text) > MAX_VALUE_CHARS:
-        raise ConfigError([f"$: a value of {len(text):,} characters is too long"])
-    try:
-        value = parse_yaml(text)
-    except yaml.YAMLError as exc:
-        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
-        raise ConfigError([f"$: the value is not valid YAML ({problem})"]) from None
-    problems = plain_data_problems(value)
-    if problems:
-        raise ConfigError(problems)
-    return value
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file into plain data, within the
-    bounds of :mod:`fewmask.configfile` (size, nesting, aliases, plain values only)."""
-    path = Path(path)
-    kind = {".toml": "toml", ".json": "json"}.get(path.suffix, "yaml")
-    data = parse_text(read_text(path), kind, str(path))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [f"$: expected a mapping at the top level, got {type(data).__name__}"], str(path)
-        )
-    return data
-
-
-def apply_overrides(
-    data: dict[str, Any],
-    overrides: Iterable[str],
-    flag: str = "-o",
-    example: str = "train.iterations=100",
-) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to nested plain data (a new dict is returned).
-
-    ``flag`` and ``example`` only word the error messages."""
-    data = json.loads(json.dumps(data))  # deep copy of plain data
-    problems = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"{flag} {item!r}: expected key=value, e.g. {example}")
-            continue
-        parts = key.strip().split(".")
-        node = data
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                problems.append(
-                    f"{flag} {item!r}: $.{'.'.join(parts[: depth + 1])} is not a mapping"
-                )
-                break
-            node = child
-        else:
-            try:
-                node[parts[-1]] = parse_value(text)
-            except ConfigError as exc:
-                problems += [f"{flag} {item!r}: {p.removeprefix('$: ')}" for p in exc.problems]
-    if problems:
-        raise ConfigError(problems)
-    return data
-
-
 def unstructure(config: ExperimentConfig) -> dict[str, Any]:
     """Plain data for YAML/JSON (the inverse of :func:`parse_experiment`)."""
     return converter.unstructure(config)
-
-
-def dump_config(config: ExperimentConfig | Mapping[str, Any], path: str | Path) -> None:
-    """Write a config (or its plain data, e.g. :func:`fewmask.resolve.plain_config`) as YAML."""
-    data = unstructure(config) if isinstance(config, ExperimentConfig) else dict(config)
-    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
-
-
-def fields_markdown(cls: type) -> str:
-    """A markdown table of an attrs config class: field, type, default, help."""
-    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
-    for field in attrs.fields(cls):
-        default = field.default
-        if isinstance(default, attrs.Factory):
-            default = default.factory()
-            if isinstance(default, ComponentRef):
-                default = default.name
-            elif attrs.has(type(default)):
-                default = f"(section `{field.name}`)"
-        kind = type_name(written_annotation(cls, field.name, field.type))
-        bounds = ", ".join(
-            f"{k} {field.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in field.metadata
-        )
-        if "choices" in field.metadata:
-            bounds = "one of " + ", ".join(map(str, field.metadata["choices"]))
-        meaning = field.metadata.get("help", "") + (f" ({bounds})" if bounds else "")
-        if default is attrs.NOTHING:
-            shown = "(required)"
-        elif isinstance(default, str) and default.startswith("(section"):
-            shown = default
-        else:
-            shown = f"`{default!r}`"
-        rows.append(f"| `{field.name}` | `{kind}` | {shown} | {meaning} |")
-    return "\n".join(rows) + "\n"
-
-
-def written_annotation(cls: type, name: str, default: Any) -> Any:
-    """The annotation of field ``name`` as written in ``cls`` or a base class (source text under
-    ``from __future__ import annotations``). attrs' ``field.type`` is replaced by the evaluated
-    type once anything (cattrs, for one) resolves the class, and evaluated types print
-    differently across Pythons (``Optional[X]`` on 3.10, ``X | None`` later)."""
-    for klass in cls.__mro__:
-        written = inspect.get_annotations(klass)
-        if name in written:
-            return written[name]
-    return default
-
-
-def type_name(annotation: Any) -> str:
-    """A field's type as written in its class (``int | None``), the same on every Python.
-
-    Under ``from __future__ import annotations`` attrs keeps the source text; a class without
-    it gives a type object, rendered without module prefixes.
-    """
-    if isinstance(annotation, str):
-        text = annotation
-    elif isinstance(annotation, type):
-        text = annotation.__name__
-    else:
-        text = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(annotation))
-    return text.replace("|", "\\|")
-
-
-def options_markdown(registry: Registry) -> str:
-    """Every config field: the experiment, training, and each registered component's options."""
-    parts = [
-        "## Experiment (top level)\n",
-        fields_markdown(ExperimentConfig),
-        "\n## `train`\n",
-        fields_markdown(TrainConfig),
-    ]
-    parts += ["\n" + component_markdown(info) for info in registry.list()]
-    return "".join(parts)
-
-
-def component_markdown(info: Any) -> str:
-    """One registered component's section of :func:`options_markdown`: heading, description,
-    options table (``info`` is a :class:`fewmask.registry.ComponentInfo`)."""
-    field = next(f for f, k in COMPONENT_FIELDS.items() if k == info.kind)
-    options = fields_markdown(info.config_cls) if info.config_cls else "No options.\n"
-    heading = f"## `{field}: {{name: {info.name}}}` ({info.provider.distribution})"
-    return f"{heading}\n\n{info.description}\n\n{options}"
-
-
-__all__ = [
-    "COMPONENT_FIELDS",
-    "ComponentRef",
-    "ExperimentConfig",
-    "TrainConfig",
-    "apply_overrides",
-    "component_markdown",
-    "dump_config",
-    "options_markdown",
-    "parse_experiment",
-    "parse_value",
-    "read_config_file",
-    "unstructure",
-]

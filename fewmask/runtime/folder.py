@@ -8,7 +8,7 @@
                         .checkpoint.pt.*.tmp file beside it)
       checkpoint.prev.pt  the checkpoint before it, kept when a new one is written; resuming
                         falls back to it when checkpoint.pt fails verification
-      run.lock          while a process writes the run: its pid and host (fewmask.runlock)
+      run.lock          while a process writes the run: its pid and host (fewmask.runtime.lock)
       stopped.json      why the last training stopped early (a non-finite value), if it did
       config.yaml       the resolved config, a human-readable copy of the checkpoint's
       results.json      the meta-test results of the training
@@ -34,10 +34,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fewmask.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
 from fewmask.config import dump_config, read_config_file
 from fewmask.errors import CheckpointError, ConfigError, FewmaskWarning
-from fewmask.runlock import LOCK_NAME, acquire, locked, release
+from fewmask.runtime.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
+from fewmask.runtime.lock import LOCK_NAME, acquire, locked, release
 
 
 def _in_run(name: str) -> property:
@@ -98,8 +98,8 @@ class RunFolder:
         release(self.path.resolve() / self.LOCK)
 
     def locked(self) -> Any:
-        """``with run.locked():`` this process alone writes the folder (:mod:`fewmask.runlock`);
-        another process holding it is a RunLockedError naming it."""
+        """``with run.locked():`` this process alone writes the folder
+        (:mod:`fewmask.runtime.lock`); another process holding it is a RunLockedError naming it."""
         return locked(self.path, self.LOCK)
 
     def create(self) -> None:

@@ -23,9 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import yaml
 
 from fewmask.errors import ConfigError
+from fewmask.options import converter
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -282,3 +284,24 @@ def _recursion_bounded(parse: Any, text: str) -> Any:
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file into plain data, within the
+    bounds of :mod:`fewmask.config.files` (size, nesting, aliases, plain values only)."""
+    path = Path(path)
+    kind = {".toml": "toml", ".json": "json"}.get(path.suffix, "yaml")
+    data = parse_text(read_text(path), kind, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [f"$: expected a mapping at the top level, got {type(data).__name__}"], str(path)
+        )
+    return data
+
+
+def dump_config(config: Any, path: str | Path) -> None:
+    """Write a config (or its plain data, e.g. :func:`fewmask.config.plain_config`) as YAML."""
+    data = converter.unstructure(config) if attrs.has(type(config)) else dict(config)
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from fewmask.config import (
+from fewmask.config.schema import (
     COMPONENT_FIELDS,
     ExperimentConfig,
     parse_experiment,

@@ -8,9 +8,13 @@ test`` may also change the episodes and the inner loop's test steps, but not the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import yaml
+
+from fewmask.config.files import MAX_VALUE_CHARS, parse_yaml, plain_data_problems
 from fewmask.errors import ConfigError
 
 RESUMABLE = (
@@ -82,3 +86,58 @@ def check_test_changes(changes: Mapping[str, tuple[Any, Any]], what: str = "RUN_
                 for p in refused
             ]
         )
+
+
+def parse_value(text: str) -> Any:
+    """A ``-o key=value`` value in YAML syntax: ``3``, ``1e-3``, ``[1, 2]``, ``x``.
+
+    Bounded like a config file (:mod:`fewmask.config.files`); any problem is a ConfigError."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise ConfigError([f"$: a value of {len(text):,} characters is too long"])
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError([f"$: the value is not valid YAML ({problem})"]) from None
+    problems = plain_data_problems(value)
+    if problems:
+        raise ConfigError(problems)
+    return value
+
+
+def apply_overrides(
+    data: dict[str, Any],
+    overrides: Iterable[str],
+    flag: str = "-o",
+    example: str = "train.iterations=100",
+) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to nested plain data (a new dict is returned).
+
+    ``flag`` and ``example`` only word the error messages."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"{flag} {item!r}: expected key=value, e.g. {example}")
+            continue
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(
+                    f"{flag} {item!r}: $.{'.'.join(parts[: depth + 1])} is not a mapping"
+                )
+                break
+            node = child
+        else:
+            try:
+                node[parts[-1]] = parse_value(text)
+            except ConfigError as exc:
+                problems += [f"{flag} {item!r}: {p.removeprefix('$: ')}" for p in exc.problems]
+    if problems:
+        raise ConfigError(problems)
+    return data

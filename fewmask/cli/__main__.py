@@ -1,0 +1,5 @@
+import sys
+
+from fewmask.cli.main import main
+
+sys.exit(main())

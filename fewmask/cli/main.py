@@ -1,0 +1,169 @@
+"""The ``fewmask`` command: plugins, validate, train, test.
+
+Exit status: 0 success, 2 bad input (configuration, usage, a missing or malformed dataset, a run
+folder in use or unusable, a run too large for the device), 1 a failure at run time (checkpoint,
+plugin, non-finite values, the operating system). Errors are one clear message naming the path
+and the fix, never a traceback; ``--debug`` (anywhere on the line) or ``FEWMASK_DEBUG=1`` adds
+it (:mod:`fewmask.cli.errors`).
+
+``train`` and ``test`` also run under ``torchrun`` (see docs/distributed.md): every rank trains,
+rank 0 alone prints and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fewmask.cli import commands
+from fewmask.cli.errors import report, shown_warnings
+from fewmask.runtime import distributed
+from fewmask.runtime.lock import release_all
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose description may be computed only when its help is shown."""
+
+    def __init__(self, *args: Any, describe: Callable[[], str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.describe = describe
+
+    def format_help(self) -> str:
+        if self.describe is not None:
+            self.description = self.describe()
+        return super().format_help()
+
+
+def _describe_experiments() -> str:
+    from fewmask.experiments import EXPERIMENTS  # imported for `experiment --help` alone
+
+    return "Experiments: " + "; ".join(f"{i.name}: {i.description}" for i in EXPERIMENTS.values())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fewmask.version import __version__
+
+    parser = _Parser(
+        prog="fewmask",
+        description="Meta-learn sparse subnetworks (Meta-ticket) and MAML baselines.",
+    )
+    parser.add_argument("--version", action="version", version=f"fewmask {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on failure, print the traceback too (accepted anywhere; or FEWMASK_DEBUG=1)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list every registered component and its provider")
+    p.add_argument(
+        "kind",
+        nargs="?",
+        metavar="KIND",
+        help="only this kind: backbone, masker, inner (inner_optimizer), objective, sampler, "
+        "dataset",
+    )
+    p.add_argument(
+        "--filter",
+        metavar="PATTERN",
+        help="only names matching PATTERN (shell-style, e.g. 'meta*'; plain text: a substring)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=commands.cmd_plugins)
+
+    p = sub.add_parser("options", help="every config field of every component, as markdown")
+    p.add_argument(
+        "topic",
+        nargs="?",
+        metavar="KIND[.NAME]",
+        help="only one kind's components (masker), one component (masker.iterand), or the "
+        "experiment or train section",
+    )
+    p.set_defaults(func=commands.cmd_options)
+
+    override = {
+        "action": "append",
+        "default": [],
+        "metavar": "KEY=VALUE",
+        "help": "override a config value, e.g. -o train.iterations=100 (repeatable)",
+    }
+    p = sub.add_parser("validate", help="check a config and print it with every default filled in")
+    p.add_argument("config", help="YAML, TOML or JSON config file")
+    p.add_argument("-o", "--override", **override)
+    p.set_defaults(func=commands.cmd_validate)
+
+    p = sub.add_parser("train", help="meta-train, then meta-test the final model")
+    p.add_argument("config", nargs="?", help="YAML, TOML or JSON config file")
+    p.add_argument("-o", "--override", **override)
+    p.add_argument("--run-dir", help="where to write the run (overrides run_dir)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR with the config its checkpoint holds (and any -o)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing run in run_dir")
+    p.set_defaults(func=commands.cmd_train)
+
+    p = sub.add_parser("test", help="meta-test the checkpoint of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--episodes", type=int, help="number of test episodes (default: the run's)")
+    p.add_argument("--seed", type=int, help="episode seed (default: the run's)")
+    p.add_argument("--dataset", help="meta-test on this dataset's test split (cross-domain)")
+    p.add_argument("--root", help="root folder of --dataset (sets its `root` option)")
+    p.add_argument(
+        "--dataset-options",
+        metavar="YAML",
+        help="options of --dataset as a YAML mapping, e.g. '{set: heldout}'",
+    )
+    p.add_argument("-o", "--override", **override)
+    p.set_defaults(func=commands.cmd_test)
+
+    p = sub.add_parser(
+        "experiment",
+        help="run one of the paper's experiments over a base config",
+        describe=_describe_experiments,  # the experiments (and their imports) load on use only
+    )
+    p.add_argument("name", metavar="NAME", help="experiment to run (see --help)")
+    p.add_argument("config", help="the base run config (YAML, TOML or JSON)")
+    p.add_argument("-o", "--override", **override)
+    p.add_argument(
+        "-x",
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an experiment setting, e.g. -x widths=[1,2] (see docs/experiments.md)",
+    )
+    p.add_argument("--out", help="output folder (default: runs/experiments/NAME)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: remove what fewmask wrote in the output folder (nothing else)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=commands.cmd_experiment)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("FEWMASK_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    try:
+        with shown_warnings():
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("fewmask: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one message and an exit status (fewmask.cli.errors)
+        return report(exc, debug)
+    finally:
+        release_all()  # the run folders this command locked
+        distributed.destroy()  # under torchrun; a no-op otherwise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The training room: the Trainer (the loop, validation, meta-test), its logs and checks."""
