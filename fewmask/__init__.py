@@ -39,6 +39,7 @@ from fewmask.errors import (
     RunLockedError,
     UnknownComponentError,
 )
+from fewmask.factory import RunResults
 from fewmask.interfaces import (
     Backbone,
     DatasetSource,
@@ -54,6 +55,8 @@ from fewmask.interfaces import (
 from fewmask.options import ComponentRef, component, option
 from fewmask.registry import ComponentInfo, Registry
 from fewmask.registry.hookspecs import hookimpl
+from fewmask.runtime.process import Process
+from fewmask.runtime.run import Run
 from fewmask.session import (
     build_trainer,
     create,
@@ -63,7 +66,9 @@ from fewmask.session import (
     load_registry,
     reset_default_registry,
     resolve,
+    train,
 )
+from fewmask.training.evaluation import MetaTestResult, meta_test
 from fewmask.training.trainer import Trainer
 from fewmask.version import __version__
 
@@ -121,4 +126,10 @@ __all__ = [
     "option",
     "reset_default_registry",
     "resolve",
+    "train",
+    "meta_test",
+    "MetaTestResult",
+    "Process",
+    "Run",
+    "RunResults",
 ]

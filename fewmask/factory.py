@@ -6,7 +6,8 @@ package root default it to the process's session, :mod:`fewmask.session`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ from fewmask.config import (
     read_config_file,
     unstructure,
 )
-from fewmask.config.overrides import changed_values, check_resume_changes, check_test_changes
+from fewmask.config.overrides import (
+    MISSING,
+    changed_values,
+    check_resume_changes,
+    check_test_changes,
+)
 from fewmask.config.resolve import (
     ResolvedConfig,
     plain_config,
@@ -30,10 +36,11 @@ from fewmask.datasets.transforms import match_shape
 from fewmask.errors import ConfigError
 from fewmask.options import converter
 from fewmask.registry import Registry
-from fewmask.runtime import distributed
 from fewmask.runtime.allocator import apply_train_option
 from fewmask.runtime.folder import RunFolder
 from fewmask.runtime.memory import check_fits, estimate_memory
+from fewmask.runtime.process import Process
+from fewmask.runtime.run import Run
 from fewmask.training.trainer import Trainer
 
 
@@ -80,11 +87,15 @@ def resolve(
     *,
     registry: Registry,
 ) -> ResolvedConfig:
-    """Any form of config -> a validated :class:`ResolvedConfig` (all problems at once)."""
+    """Any form of config -> a validated :class:`ResolvedConfig` (all problems at once).
+
+    A ResolvedConfig without overrides is returned as it is: a config is resolved once."""
     overrides = list(overrides)
     if isinstance(config, (str, Path)):
         return load_config(config, overrides, registry=registry)
     if isinstance(config, ResolvedConfig):
+        if not overrides:
+            return config
         config = plain_config(config)
     data = unstructure(config) if isinstance(config, ExperimentConfig) else dict(config)
     return resolve_config(apply_overrides(data, overrides) if overrides else data, registry)
@@ -95,14 +106,20 @@ def build_trainer(
     overrides: Iterable[str] = (),
     *,
     registry: Registry,
+    run: Run | None = None,
 ) -> Trainer:
     """Validate the whole config, then build the data, the five components and the Trainer.
 
-    Before any data is read it applies ``train.tune_malloc``; the ``test_datasets`` are resized
+    The run (default: one in the config's ``run_dir``) is prepared first: its process set up
+    and ``train.tune_malloc`` applied, before any data is read; the ``test_datasets`` are resized
     to the train split's image shape (:func:`fewmask.datasets.transforms.match_shape`)."""
     resolved = resolve(config, overrides, registry=registry)
     experiment, parts = resolved.experiment, resolved.components
-    apply_train_option(experiment.train.tune_malloc)  # process-wide, before the data is loaded
+    train = experiment.train
+    if run is None:
+        run = Run.prepare(experiment.run_dir, train.device, train.tune_malloc)
+    else:
+        apply_train_option(train.tune_malloc)  # process-wide, before the data is loaded
 
     def build(field: str, **kwargs: Any) -> Any:
         return parts[field].build(**kwargs)
@@ -120,18 +137,16 @@ def build_trainer(
         ways=sampler.ways,
         shots=sampler.shots,
         queries=sampler.queries,
-        meta_batch=experiment.train.meta_batch_size,
+        meta_batch=train.meta_batch_size,
         inner_steps=getattr(inner, "steps", 1),
-        dtype=getattr(torch, experiment.train.dtype),
+        dtype=getattr(torch, train.dtype),
     )
-    check_fits(estimate, torch.device(experiment.train.device))  # before the backbone exists
-    backbone = build(
-        "backbone", input_shape=datasets["train"].image_shape, num_classes=sampler.ways
-    )
+    check_fits(estimate, torch.device(train.device))  # before the backbone exists
+    backbone = build("backbone", input_shape=shape, num_classes=sampler.ways)
     cross_domain = {}
     for part in resolved.test_datasets:
         label = cross_domain_label(part.name, part.options, cross_domain)
-        cross_domain[label] = match_shape(part.build().load("test"), datasets["train"].image_shape)
+        cross_domain[label] = match_shape(part.build().load("test"), shape)
     return Trainer(
         backbone,
         masker,
@@ -139,9 +154,9 @@ def build_trainer(
         objective,
         sampler,
         datasets,
-        experiment.train,
+        train,
         seed=experiment.seed,
-        run_dir=experiment.run_dir,
+        run_dir=run,
         config=plain_config(resolved),
         cross_domain=cross_domain,
     )
@@ -168,60 +183,169 @@ def check_data_sources(resolved: ResolvedConfig, source: Any = None) -> None:
 
 
 def build_run_trainer(
-    run_dir: str | Path | RunFolder,
+    run_dir: str | Path | RunFolder | Run,
     overrides: Iterable[str] = (),
     what: str = "RUN_DIR",
     *,
     registry: Registry,
     resume: bool = False,
 ) -> Trainer:
-    """The Trainer of the run in ``run_dir``, resumed from its checkpoint.
+    """The Trainer of the run in ``run_dir``, restored from its checkpoint.
 
     It is rebuilt from the config the checkpoint holds (``config.yaml`` is a copy for people to
-    read), with ``overrides`` applied and ``run_dir`` set to this folder, which may have moved.
-    ``what`` names the argument in the error when the folder holds no checkpoint.
+    read), with ``overrides`` applied and ``run_dir`` set to this folder, which may have moved;
+    the config is resolved once. ``what`` names the argument in the error when the folder holds
+    no checkpoint.
 
     With ``resume`` (to train on), overrides that change what is trained are refused, naming
     them (:data:`fewmask.config.overrides.RESUMABLE` lists what may change), and the accepted
-    changes are recorded in the run folder's ``resumes.jsonl``. Without it (to meta-test),
-    overrides may not change the model (:data:`fewmask.config.overrides.TEST_FIXED`)."""
-    run = RunFolder(run_dir)
-    state = run.load_checkpoint(what)
-    stored = run.stored_config(state)
+    changes (and a re-planned schedule) are recorded in the run folder's ``resumes.jsonl``.
+    Without it (to meta-test), overrides may not change the model
+    (:data:`fewmask.config.overrides.TEST_FIXED`)."""
+    folder = run_dir.folder if isinstance(run_dir, Run) else RunFolder(run_dir)
+    state = folder.load_checkpoint(what)
+    stored = folder.stored_config(state)
+    overrides = list(overrides)
     data = apply_overrides(stored, overrides)
-    data["run_dir"] = str(run.path)
-    source = f"the config of {run.checkpoint}"
+    source = f"the config of {folder.checkpoint}"
     try:
+        if _under_run_dir(overrides):
+            raise ConfigError(
+                [
+                    f"$.run_dir: a run stays in its folder ({folder.path}); to continue it "
+                    "elsewhere, move the folder and resume from there"
+                ]
+            )
+        data["run_dir"] = str(folder.path)
         resolved = resolve(data, registry=registry)
-        changes = changed_values(
-            _without_run_dir(_with_defaults(stored, registry)),
-            _without_run_dir(plain_config(resolved)),
-        )
+        changes = changed_values(_comparable(stored), _comparable(plain_config(resolved)))
+        # an option added since the checkpoint was written, at its default, is no change
+        changes = {
+            path: change
+            for path, change in changes.items()
+            if change[0] != MISSING or _overridden(path, overrides)
+        }
         (check_resume_changes if resume else check_test_changes)(changes, what)
-        trainer = build_trainer(resolved, registry=registry)
+        train = resolved.experiment.train
+        run = run_dir if isinstance(run_dir, Run) else None
+        run = run or Run.prepare(folder, train.device, train.tune_malloc)
+        trainer = build_trainer(resolved, registry=registry, run=run)
+        try:
+            trainer.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as exc:  # another model's tensors
+            given = " ".join(f"-o {o}" for o in overrides) or "no overrides"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                [f"{what}: its checkpoint does not fit the model built with {given}: {first}"]
+            ) from None
     except ConfigError as exc:
         if exc.source is not None:
             raise
         raise ConfigError(exc.problems, source) from None
-    trainer.load_state_dict(state)
-    trainer.run = run  # the same folder, which knows the checkpoint it read (run.loaded_from)
     if resume:  # what a crash during a checkpoint write left behind (never a live run's write:
-        run.discard_partial_checkpoints()  # resuming holds the folder's lock; testing does not)
-    if resume and changes and distributed.is_main():
-        run.record_resume(trainer.iteration, {path: new for path, (_, new) in changes.items()})
+        folder.discard_partial_checkpoints()  # resuming holds the folder's lock; testing does not)
+        news = {path: new for path, (_, new) in changes.items()}
+        trainer.owner.record_resume(trainer.iteration, news, trainer.replanned)
+    trainer.resume_changes = changes
     return trainer
 
 
-def _with_defaults(data: Mapping[str, Any], registry: Registry) -> Mapping[str, Any]:
-    """A stored config with today's defaults filled in (an option added since it was saved is
-    no change); as it is if it no longer resolves."""
-    try:
-        return plain_config(resolve_config(data, registry))
-    except ConfigError:
-        return data
+class RunResults(dict):
+    """A run's meta-test results (the ``results.json`` mapping), and ``run_dir``, its folder."""
+
+    def __init__(self, results: Mapping[str, Any], run_dir: Path | None):
+        super().__init__(results)
+        self.run_dir = run_dir
 
 
-def _without_run_dir(data: Mapping[str, Any]) -> dict[str, Any]:
+def train(
+    config: ResolvedConfig | ExperimentConfig | Mapping[str, Any] | str | Path | None,
+    run_dir: str | Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    start: str = "new",
+    callbacks: Sequence[Callable[[Trainer], None]] = (),
+    registry: Registry,
+    echo: Callable[[str], None] | None = None,
+) -> RunResults:
+    """Run this config in this folder, resumably: the whole of ``fewmask train`` as one call.
+
+    ``run_dir`` (default: the config's) is the run's folder; ``start`` says what to do with what
+    it holds (:data:`fewmask.runtime.run.START_MODES`): ``new`` (refuse a folder that holds a
+    run), ``force`` (replace that run), ``resume`` (continue from the checkpoint; ``config``
+    may then be None: the checkpoint holds it) or ``auto`` (reuse a finished run, resume a
+    started one, start one otherwise). ``overrides`` are ``key=value`` changes (on a resume,
+    only those :data:`fewmask.config.overrides.RESUMABLE` allows). ``echo`` receives one line
+    per event worth telling (resumed from where, a re-planned schedule, the thread choice).
+    Returns the meta-test results (``results.json``) with the run's folder (``.run_dir``).
+
+    Example::
+
+        results = fewmask.train("examples/metaticket_glyphs.yaml", "runs/mt", start="auto")
+    """
+    say = echo or (lambda line: None)
+    overrides = list(overrides)
+    resolved = None
+    if config is not None and start != "resume":
+        # the path as a YAML string, whatever it holds (`#`, `: `, escapes, any character)
+        given = [f"run_dir={json.dumps(str(run_dir), ensure_ascii=False)}"] if run_dir else []
+        resolved = resolve(config, [*overrides, *given], registry=registry)
+        path: str | Path = resolved.experiment.run_dir
+    elif run_dir is not None:
+        path = run_dir
+    else:
+        raise ConfigError(["run_dir: resuming needs the run's folder"])
+    train_options = resolved.experiment.train if resolved is not None else None
+    device = train_options.device if train_options else "cpu"
+    run = Run(path, Process.start(device))
+    with run.held():
+        mode = run.decide(start)
+        if mode == "finished":
+            say(f"{run.folder.path} already finished; its results are reused")
+            return RunResults(run.folder.read_results(), run.folder.path)
+        if mode == "resume":
+            trainer = build_run_trainer(
+                run, overrides, what="--resume", registry=registry, resume=True
+            )
+            _tell_resume(trainer, overrides, say)
+        else:
+            trainer = build_trainer(resolved, registry=registry, run=run)
+        run.write_config(trainer.config)  # the readable copy (the checkpoint holds it too)
+        say(f"threads: {trainer.threads}")
+        return RunResults(trainer.fit(callbacks=callbacks), trainer.run_dir)
+
+
+def _tell_resume(trainer: Trainer, overrides: Sequence[str], say: Callable[[str], None]) -> None:
+    run = trainer.run
+    note = ""
+    if overrides:
+        given = " ".join(f"-o {o}" for o in overrides)
+        note = f" with {given} (changes recorded in {run.resumes})"
+    source = f" from {run.loaded_from}" if run.loaded_from else ""
+    say(f"resuming {run.path} at iteration {trainer.iteration}{source}{note}")
+    if trainer.replanned:
+        (before, after), lr = trainer.replanned["end"], trainer.replanned["lr"]
+        plan = f"{after} iterations (it was {before})" if before != after else "the new lr"
+        say(
+            f"the learning-rate schedule is re-planned for {plan}; training continues at "
+            f"lr {lr:.6g} (recorded in {run.resumes})"
+        )
+
+
+def _under_run_dir(overrides: Iterable[str]) -> bool:
+    return any(o.partition("=")[0].strip() == "run_dir" for o in overrides)
+
+
+def _overridden(path: str, overrides: Iterable[str]) -> bool:
+    """Whether an override sets ``path`` or something above or below it."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if path == key or path.startswith(f"{key}.") or key.startswith(f"{path}."):
+            return True
+    return False
+
+
+def _comparable(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "run_dir"}
 
 

@@ -22,7 +22,7 @@ import importlib.metadata
 import os
 import traceback
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from fewmask import factory
 from fewmask.config import ExperimentConfig
 from fewmask.config.resolve import ResolvedConfig
 from fewmask.errors import PluginLoadError
+from fewmask.factory import RunResults
 from fewmask.registry import PluginFailure, Provider, Registry, hookspecs
 from fewmask.training.trainer import Trainer
 
@@ -201,3 +202,26 @@ def list_components(kind: str | None = None, registry: Registry | None = None) -
     if kind is None:
         return [f"{info.kind}:{info.name}" for info in registry.list()]
     return registry.names(factory.component_kind(kind, registry))
+
+
+def train(
+    config: ConfigLike | None,
+    run_dir: str | Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    start: str = "new",
+    callbacks: Sequence[Callable[[Trainer], None]] = (),
+    registry: Registry | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> RunResults:
+    """Run this config in this folder, resumably (:func:`fewmask.factory.train`): what
+    ``fewmask train`` does, as one call. ``start``: ``new``, ``force``, ``resume`` or ``auto``."""
+    return factory.train(
+        config,
+        run_dir,
+        overrides=overrides,
+        start=start,
+        callbacks=callbacks,
+        registry=registry or default_registry(),
+        echo=echo,
+    )

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fewmask import budget
+from fewmask.runtime import memory as budget
 from fewmask.cli import main
 from fewmask.cli.errors import describe
 from fewmask.datasets.folders import ImageFolderConfig, ImageFolderSource
@@ -60,7 +60,7 @@ def test_an_operating_system_error_names_the_path_and_the_fix(
 def test_an_unreplaceable_checkpoint_is_a_checkpoint_error(config, tmp_path, capsys, monkeypatch):
     import os
 
-    from fewmask import checkpoint
+    from fewmask.runtime import checkpoint
 
     real = os.replace
 

@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 import fewmask
-from fewmask import plugins
+from fewmask import session as plugins
 from fewmask.builtins.maskers import DenseMasker
 from fewmask.registry import Provider, Registry
 from fewmask.session import PluginLoadWarning, load_registry

@@ -58,6 +58,9 @@ def scheduled_lr(config: OuterConfig, iteration: int, total_iterations: int) -> 
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * (iteration - warmup) / span))
 
 
+_PLAN = ("config", "total_iterations")
+
+
 class ScheduledLR(LRScheduler):
     """Every param group's rate at iteration ``last_epoch`` is :func:`scheduled_lr`'s.
 
@@ -85,9 +88,23 @@ class ScheduledLR(LRScheduler):
         lr = scheduled_lr(self.config, self.last_epoch, self.total_iterations)
         return [lr for _ in self.optimizer.param_groups]
 
+    replannable = True
+    """Its rates are a function of the iteration and the plan, so a resumed run may change the
+    plan (``train.iterations``, the outer lr) and continue on the new one."""
+
     def state_dict(self) -> dict[str, Any]:
-        """The scheduler's state without ``config`` (plain values only)."""
-        return {k: v for k, v in super().state_dict().items() if k != "config"}
+        """Where the schedule is (the iteration), not its plan: ``config`` and
+        ``total_iterations`` come from the run's config each time the run is built."""
+        return {k: v for k, v in super().state_dict().items() if k not in _PLAN}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue at the saved iteration on this scheduler's plan; the optimizer's rate is set
+        to the plan's rate there (checkpoints written before kept the plan: it is ignored)."""
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in _PLAN})
+        rates = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, rates):
+            group["lr"] = lr
+        self._last_lr = rates
 
 
 class OuterLoopObjective(MetaObjective):

@@ -118,72 +118,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fewmask.factory import build_run_trainer
-    from fewmask.session import build_trainer, default_registry
+    from fewmask.session import train
+
+    def say(line: str) -> None:
+        if distributed.is_main():
+            print(line, file=sys.stderr)
 
     if args.resume:
         if args.config or args.run_dir:
             raise ConfigError(
                 ["--resume: the run's checkpoint holds its config; pass no CONFIG or --run-dir"]
             )
-        if distributed.is_main() and _is_folder(args.resume):
-            RunFolder(args.resume).lock()  # before anything in it is read or cleaned up
-        # the config comes from the checkpoint; -o overrides apply on top of it
-        trainer = build_run_trainer(
-            args.resume, args.override, what="--resume", registry=default_registry(), resume=True
-        )
-        if distributed.is_main():
-            note = ""
-            if args.override:
-                given = " ".join(f"-o {o}" for o in args.override)
-                note = f" with {given} (changes recorded in {trainer.run.resumes})"
-            source = f" from {trainer.run.loaded_from}" if trainer.run.loaded_from else ""
-            print(
-                f"resuming {args.resume} at iteration {trainer.iteration}{source}{note}",
-                file=sys.stderr,
-            )
+        results = train(None, args.resume, overrides=args.override, start="resume", echo=say)
     else:
         if not args.config:
             raise ConfigError(
                 ["usage: fewmask train CONFIG [-o key=value ...] or --resume RUN_DIR"]
             )
-        # the path as a YAML string, whatever it holds (`#`, `: `, escapes)
-        given = [f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir is not None else []
-        overrides = list(args.override) + given
-        trainer = build_trainer(args.config, overrides)
-        run = trainer.run
-        if distributed.is_main():
-            run.lock()  # another process writing this folder is refused, naming it
-        if run.holds_run() and not args.force:
-            raise ConfigError(
-                [
-                    f"$.run_dir: {run.path} already holds a run; continue it with "
-                    f"`fewmask train --resume {run.path}`, pick another with --run-dir, "
-                    "or pass --force"
-                ]
-            )
-        if distributed.is_main():
-            run.discard_run()  # --force: the old run's files (only those fewmask names)
-    if distributed.is_main():  # the readable copy of the config (the checkpoint holds it too)
-        trainer.run.write_config(trainer.config)
-        print(f"threads: {trainer.threads}", file=sys.stderr)
-    results = trainer.fit()
+        start = "force" if args.force else "new"
+        results = train(args.config, args.run_dir, overrides=args.override, start=start, echo=say)
     if distributed.is_main():
-        _print_results(results, trainer.run.results, trainer.run)
+        run = RunFolder(results.run_dir)
+        _print_results(results, run.results, run)
     return 0
-
-
-def _is_folder(path: str) -> bool:
-    try:
-        return Path(path).is_dir()
-    except (OSError, ValueError):  # a NUL, an unencodable name: RunFolder reports it
-        return False
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     from fewmask.datasets.transforms import match_shape
     from fewmask.factory import build_run_trainer
     from fewmask.session import create, default_registry
+    from fewmask.training.evaluation import meta_test
 
     seed = [] if args.seed is None else [f"seed={args.seed}"]
     trainer = build_run_trainer(args.run_dir, [*args.override, *seed], registry=default_registry())
@@ -192,12 +156,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         raise RunStoppedError(
             f"{trainer.run.path} stopped at iteration {stopped.get('iteration')}: "
             f"{stopped.get('reason')}. Its checkpoint (iteration {trainer.iteration}) is not a "
-            f"finished run; resume it with a lower learning rate, or remove {trainer.run.stopped} "
-            "to meta-test that checkpoint anyway"
+            f"finished run; remove {trainer.run.stopped} to meta-test that checkpoint anyway"
         )
     if args.dataset is None:
-        results = trainer.test(args.episodes, write_results=False)  # never over results.json
+        result = meta_test(trainer, args.episodes)
         if distributed.is_main():
+            results = result.to_dict()
             _print_results(results, trainer.run.write_test_results(results), trainer.run)
         return 0
     options = _parse_dataset_options(args.dataset_options)
@@ -206,29 +170,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     target = create("dataset", args.dataset, options).load("test")
     target = match_shape(target, trainer.datasets["train"].image_shape)
     trainer.sampler.check(target)
-    episodes = args.episodes or trainer.train_config.test_episodes
-    result = trainer.evaluate(
-        "test", episodes, dataset=target, progress=trainer.train_config.progress
-    )
+    result = meta_test(trainer, args.episodes, dataset=target)
     if not distributed.is_main():
         return 0
     print(
-        f"meta-test on {target.name} ({trainer.sampler.ways}-way {trainer.sampler.shots}-shot, "
-        f"{result.episodes} episodes, iteration {trainer.iteration}): "
-        f"accuracy {100 * result.mean:.2f} +- {100 * result.ci95:.2f} % (95% CI)"
+        f"meta-test on {target.name} ({result.ways}-way {result.shots}-shot, "
+        f"{result.episodes} episodes, iteration {result.iteration}): "
+        f"accuracy {100 * result.accuracy:.2f} +- {100 * result.ci95:.2f} % (95% CI)"
     )
-    results = {
-        "dataset": target.name,
-        "dataset_options": options,
-        "split": "test",
-        "iteration": trainer.iteration,
-        "accuracy": result.mean,
-        "ci95": result.ci95,
-        "loss": result.loss,
-        "episodes": result.episodes,
-        "ways": trainer.sampler.ways,
-        "shots": trainer.sampler.shots,
-    }
+    results = {**result.to_dict(), "dataset_options": options}
     print(f"results: {trainer.run.write_test_results(results)}")
     return 0
 

@@ -301,7 +301,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def dump_config(config: Any, path: str | Path) -> None:
+def dump_config(config: Any, path: str | Path, header: str = "") -> None:
     """Write a config (or its plain data, e.g. :func:`fewmask.config.plain_config`) as YAML."""
     data = converter.unstructure(config) if attrs.has(type(config)) else dict(config)
-    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
+    text = yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)
+    Path(path).write_text(header + text)

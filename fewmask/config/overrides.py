@@ -19,6 +19,7 @@ from fewmask.errors import ConfigError
 
 RESUMABLE = (
     "train.iterations",
+    "objective.options.lr",
     "train.val_every",
     "train.val_episodes",
     "train.test_episodes",
@@ -40,7 +41,8 @@ RESUMABLE = (
 TEST_FIXED = ("backbone", "masker", "objective")
 """Config paths ``fewmask test -o`` may not change: the checkpoint holds their state."""
 
-_MISSING = "(not set)"
+MISSING = "(not set)"
+"""How :func:`changed_values` shows a value one side does not have."""
 
 
 def changed_values(before: Any, after: Any, path: str = "") -> dict[str, tuple[Any, Any]]:
@@ -50,7 +52,7 @@ def changed_values(before: Any, after: Any, path: str = "") -> dict[str, tuple[A
         changes: dict[str, tuple[Any, Any]] = {}
         for key in [*before, *(k for k in after if k not in before)]:
             where = f"{path}.{key}" if path else str(key)
-            changes |= changed_values(before.get(key, _MISSING), after.get(key, _MISSING), where)
+            changes |= changed_values(before.get(key, MISSING), after.get(key, MISSING), where)
         return changes
     return {} if before == after else {path: (before, after)}
 

@@ -49,6 +49,10 @@ def _in_run(name: str) -> property:
     return property(path, doc=f"``RUN/{name}``")
 
 
+CONFIG_HEADER = "# fewmask: the resolved config of this run (its checkpoint holds the same)\n"
+"""The first line of every ``config.yaml`` fewmask writes: a file without it is not fewmask's."""
+
+
 class RunFolder:
     """The files of the run in ``path`` (nothing is created until something is written)."""
 
@@ -261,9 +265,21 @@ class RunFolder:
 
     # ------------------------------------------------------------------ config copy, results
     def write_config(self, config: Mapping[str, Any]) -> None:
-        """Write the human-readable copy of the run's config (plain data) as ``config.yaml``."""
+        """Write the human-readable copy of the run's config (plain data) as ``config.yaml``,
+        marked as fewmask's by its first line."""
         self.create()
-        dump_config(config, self.config)
+        dump_config(config, self.config, header=CONFIG_HEADER)
+
+    def foreign_config(self) -> Path | None:
+        """``config.yaml`` if it is there and not fewmask's (no header line, and no run beside
+        it): a user's own file, which starting a run here would overwrite."""
+        try:
+            with self.config.open("rb") as handle:
+                first = handle.read(len(CONFIG_HEADER.encode()))
+        except OSError:
+            return None
+        ours = first == CONFIG_HEADER.encode() or self.holds_run() or self.metrics.is_file()
+        return None if ours else self.config
 
     def read_config(self) -> dict[str, Any]:
         """The human-readable copy ``config.yaml`` (resuming reads the checkpoint's instead)."""
@@ -291,10 +307,19 @@ class RunFolder:
         """The files of later meta-tests, oldest first."""
         return sorted(self.path.glob("test-*.json"), key=lambda p: p.stat().st_mtime_ns)
 
-    def record_resume(self, iteration: int, changes: Mapping[str, Any]) -> Path:
-        """Append a resume (its iteration and the config values it changed) to ``resumes.jsonl``."""
+    def record_resume(
+        self,
+        iteration: int,
+        changes: Mapping[str, Any],
+        schedule: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Append a resume to ``resumes.jsonl``: its iteration, the config values it changed and,
+        if the learning-rate schedule was re-planned, its old and new end and the lr it
+        continues at."""
         self.create()
         line = {"iteration": iteration, "time": time.time(), "changes": dict(changes)}
+        if schedule:
+            line["schedule"] = dict(schedule)
         with self.resumes.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
         return self.resumes

@@ -8,14 +8,14 @@ Compose it from Python objects::
 or from a config with :func:`fewmask.factory.build_trainer`. The Trainer attaches the masker to
 the backbone, so pass a fresh (unattached) masker.
 
-The Trainer is the loop, its logging and its checkpoints. With ``run_dir`` it writes its files
-through a :class:`fewmask.runtime.folder.RunFolder`; the checkpoint holds the config it was built
-from, so
-:func:`fewmask.factory.build_run_trainer` rebuilds and resumes a run from the checkpoint alone.
-Allocator tuning and resizing the cross-domain sets happen where a run is built (the factory).
+The Trainer is the loop, its logging, validation and meta-test. Its :class:`Run` (from
+``run_dir``: a path, a :class:`~fewmask.runtime.folder.RunFolder` or a prepared
+:class:`~fewmask.runtime.run.Run`) owns the process (device, ranks, threads), the folder's lock,
+files and records; the checkpoint holds the config the Trainer was built from, so
+:func:`fewmask.factory.train` rebuilds and resumes a run from the checkpoint alone.
 
-Under ``torchrun`` the Trainer joins the process group and splits each meta-batch's tasks across
-the ranks (:mod:`fewmask.runtime.distributed`); rank 0 alone logs, prints and writes files.
+Under ``torchrun`` each meta-batch's tasks are split across the ranks (the Run's
+:class:`~fewmask.runtime.process.Process`); rank 0 alone logs, prints and writes files.
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ from fewmask.interfaces import (
     MetaObjective,
 )
 from fewmask.options import converter
-from fewmask.runtime import distributed
 from fewmask.runtime.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
 from fewmask.runtime.folder import RunFolder
 from fewmask.runtime.progress import Progress
-from fewmask.runtime.threads import apply_threads
+from fewmask.runtime.run import Run
 from fewmask.training.checks import check_backbone_fits, check_train_config
+from fewmask.training.evaluation import meta_test
 from fewmask.training.finite import check_meta_parameters, first_non_finite
 from fewmask.training.loggers import (
     MetricLogger,
@@ -77,18 +77,23 @@ class Trainer:
         train: TrainConfig | None = None,
         *,
         seed: int = 1,
-        run_dir: str | Path | RunFolder | None = None,
+        run_dir: str | Path | RunFolder | Run | None = None,
         config: Any = None,
         cross_domain: Mapping[str, FewShotDataset] | None = None,
     ):
         self.train_config = train = train or TrainConfig()
         check_train_config(train)  # e.g. iterations=0 from Python
-        self.device = distributed.setup(train.device)  # cuda:LOCAL_RANK under torchrun
+        # the run owns the process: device (cuda:LOCAL_RANK under torchrun), ranks, threads
+        if isinstance(run_dir, Run):
+            self.owner = run_dir
+        else:
+            self.owner = Run.prepare(run_dir, train.device, tune_malloc=False)
+        self.process = self.owner.process
+        self.device = self.process.device
         self.dtype = getattr(torch, train.dtype)
         self.backbone, self.masker, self.inner = backbone, masker, inner
         self.objective, self.sampler, self.datasets = objective, sampler, dict(datasets)
         self.seed = seed
-        self.run = RunFolder(run_dir) if run_dir is not None else None  # None: write nothing
         self.config = config  # plain data of the experiment config, stored in checkpoints
 
         self.cross_domain = dict(cross_domain or {})
@@ -105,7 +110,7 @@ class Trainer:
             sampler.check(dataset)
         check_backbone_fits(backbone, shape, getattr(sampler, "ways", None))
         # process-wide; recorded in the results and the TensorBoard config
-        self.threads = apply_threads(train.threads, backbone, shape, sampler, self.device)
+        self.threads = self.owner.apply_threads(train.threads, backbone, shape, sampler)
         masker.attach(backbone)
         backbone.to(self.device, self.dtype)
         masker.to(self.device, self.dtype)
@@ -117,7 +122,7 @@ class Trainer:
         self.meta_params = self.engine.meta_params
         self._meta_step = self.engine.meta_step
         if train.cuda_graph:
-            if distributed.world_size() > 1:
+            if self.process.world_size > 1:
                 raise ConfigError(["$.train.cuda_graph: not under torchrun (the step all-reduces)"])
             self._meta_step = GraphedMetaStep(self.engine)
         if not self.meta_params:
@@ -127,6 +132,7 @@ class Trainer:
         self._last_lr = self.scheduler.get_last_lr()[0]  # the rate of the last update, logged
         self.generator = torch.Generator().manual_seed(seed)
         self.iteration = 0
+        self.replanned: dict[str, Any] | None = None  # set by a resume that re-plans the schedule
         self.logger: MetricLogger = NullLogger()
         self._sync_ranks()
 
@@ -139,18 +145,23 @@ class Trainer:
         torchrun; ``trainer.iteration`` counts the iterations done, and ``trainer.logger``
         writes to this run's logs. A resumed run calls them from the next iteration on.
 
-        With a run folder, this process holds its lock meanwhile (another process writing the
+        With a run folder, the Run holds its lock meanwhile (another process writing the
         same folder is a RunLockedError); a non-finite value stops the run with NonFiniteError
-        and is recorded in the folder's ``stopped.json``."""
+        and is recorded in the folder's ``stopped.json``. A run that already finished (its
+        results written at its last iteration) is not trained or tested again: its results are
+        returned."""
         cfg = self.train_config
+        if self.run is not None and self.iteration >= cfg.iterations and self.run.has_results():
+            results = self.run.read_results()
+            if results.get("iteration") == self.iteration:
+                return results
         hold = ExitStack()
-        if self.run is not None and distributed.is_main():
-            hold.enter_context(self.run.locked())
-            self.run.clear_stopped()
+        hold.enter_context(self.owner.held())
+        self.owner.clear_stop()
         warned = False
         try:
             self._open_logger()
-            show = cfg.progress and distributed.is_main()
+            show = cfg.progress and self.process.is_main
             with Progress(cfg.iterations, "meta-train", self.iteration, show) as bar:
                 while self.iteration < cfg.iterations:
                     stats = self.train_step()
@@ -179,8 +190,7 @@ class Trainer:
             results = self.test()
             self._log_results(results)
         except NonFiniteError as exc:
-            if self.run is not None and distributed.is_main():
-                self.run.write_stopped(self.iteration, str(exc))
+            self.owner.record_stop(self.iteration, str(exc))
             raise
         finally:
             self.logger.close()
@@ -223,17 +233,17 @@ class Trainer:
     def _check_finite(self, it: int, loss: float, grads: Mapping[str, torch.Tensor]) -> None:
         """Raise on a non-finite loss, or name the first non-finite gradient among ``grads``
         (given only when train_step's one host read found one; searching them syncs per tensor)."""
-        kept = f"the last good checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}"
-        if not math.isfinite(loss):
-            raise NonFiniteError(f"meta-training loss is {loss} at iteration {it}; {kept}")
-        for name, grad in grads.items():
-            if not torch.isfinite(grad).all():
-                raise NonFiniteError(
-                    f"meta-gradient of {name!r} is not finite at iteration {it}; {kept}"
-                )
+        if math.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values()):
+            return
+        bad = next((n for n, g in grads.items() if not torch.isfinite(g).all()), None)
+        what = f"meta-gradient of {bad!r} is not finite" if bad else f"meta-training loss is {loss}"
+        raise NonFiniteError(
+            f"{what} at iteration {it}; {self.owner.checkpoint_note()}; "
+            f"{self.owner.stop_advice()}"
+        )
 
     def _log_train(self, it: int, stats: Mapping[str, float]) -> None:
-        if not distributed.is_main():
+        if not self.process.is_main:
             return
         for name, value in stats.items():
             self.logger.scalar(f"train/{name}", value, it)
@@ -268,59 +278,33 @@ class Trainer:
         rows: list[tuple[int, list[float]]] = []  # (episode index, [loss, *metrics])
         names: list[str] = []
         done = 0
-        show = progress and distributed.is_main()
+        show = progress and self.process.is_main
         with Progress(episodes, f"meta-test {split}", enabled=show) as bar:
             while done < episodes:
                 chunk = self.sampler.sample_many(
                     dataset, generator, min(EVAL_CHUNK, episodes - done)
                 )
-                for i in distributed.share(len(chunk)):
+                for i in self.process.share(len(chunk)):
                     loss, metrics = self.engine.evaluate(chunk[i], masks)
                     names = names or list(metrics)
                     rows.append((done + i, [loss.item(), *(metrics[n].item() for n in names)]))
                 done += len(chunk)
                 bar.update(done)
-        names = distributed.broadcast_object(names)  # rank 0 evaluated at least one episode
+        names = self.process.broadcast(names)  # rank 0 evaluated at least one episode
         table = torch.zeros(episodes, 1 + len(names), dtype=torch.float64)
         for i, values in rows:
             table[i] = torch.tensor(values, dtype=torch.float64)
-        losses, *columns = distributed.sum_over_ranks(table).T.tolist()
+        losses, *columns = self.process.reduce(table).T.tolist()
         metrics = dict(zip(names, columns))
         return Accuracy.from_episodes(metrics["accuracy"], losses, metrics)
 
     def test(self, episodes: int | None = None, *, write_results: bool = True) -> dict[str, Any]:
-        """Meta-test on the fixed, seeded test episodes; writes the run folder's results (unless
-        ``write_results`` is false: ``fewmask test`` writes them beside, never over them)."""
-        episodes = episodes or self.train_config.test_episodes
-        split = "test" if "test" in self.datasets else "train"
-        result = self.evaluate(split, episodes, progress=self.train_config.progress)
-        _, sparsity = mask_sparsity(self.masker)
-        results = {
-            "split": split,
-            "iteration": self.iteration,
-            "accuracy": result.mean,
-            "ci95": result.ci95,
-            "loss": result.loss,
-            "episodes": result.episodes,
-            "sparsity": sparsity,
-            "ways": self.sampler.ways,
-            "shots": self.sampler.shots,
-            "queries": self.sampler.queries,
-            "seed": self.seed,
-            "threads": self.threads.threads,
-        }
-        if self.cross_domain:
-            results["cross_domain"] = {}
-        for label, dataset in self.cross_domain.items():
-            other = self.evaluate(
-                label, episodes, dataset=dataset, progress=self.train_config.progress
-            )
-            results["cross_domain"][label] = {
-                "accuracy": other.mean,
-                "ci95": other.ci95,
-                "episodes": other.episodes,
-            }
-        if write_results and self.run is not None and distributed.is_main():
+        """Meta-test on the fixed, seeded test episodes (:func:`fewmask.training.evaluation
+        .meta_test`); writes the run folder's results (unless ``write_results`` is false:
+        ``fewmask test`` writes them beside, never over them). Returns the ``results.json``
+        form."""
+        results = meta_test(self, episodes).to_dict()
+        if write_results and self.owner.writes:
             self.run.write_results(results)
         return results
 
@@ -341,11 +325,15 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (a checkpoint). If its ``train.iterations`` differs from this
+        Trainer's, the learning-rate schedule is re-planned for the new length (``replanned``
+        says how), or refused when the objective's scheduler cannot re-plan."""
         self.iteration = int(state["iteration"])
         self.backbone.load_state_dict(state["backbone"])
         self.masker.load_state_dict(state["masker"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._load_scheduler(state)
+        self.replanned = self._replan(state)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
@@ -363,15 +351,41 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
+    def _replan(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+        """How the schedule's plan changed since ``state`` was saved (``train.iterations``, the
+        outer lr), or None if it did not; a scheduler that cannot re-plan refuses the change."""
+        before = {
+            "train.iterations": (state.get("train") or {}).get("iterations"),
+            "objective.options.lr": _outer_lr(state.get("config")),
+        }
+        after = {
+            "train.iterations": self.train_config.iterations,
+            "objective.options.lr": _outer_lr(self.config),
+        }
+        changed = [k for k in before if None not in (before[k], after[k]) and before[k] != after[k]]
+        if not changed:
+            return None
+        if not getattr(self.scheduler, "replannable", False):
+            raise ConfigError(
+                [
+                    f"$.{key}: {before[key]} -> {after[key]}: the objective's learning-rate "
+                    f"scheduler ({type(self.scheduler).__name__}) cannot be re-planned; resume "
+                    "without changing it"
+                    for key in changed
+                ]
+            )
+        end = [before["train.iterations"], after["train.iterations"]]
+        return {"end": end, "lr": self.scheduler.get_last_lr()[0], "changed": changed}
+
     def _sync_ranks(self) -> None:
         """Under torchrun: every rank continues from rank 0's model, seed and random streams
         (the same seed gives the same ones anyway; this makes it so whatever the caller did)."""
-        if distributed.world_size() == 1:
+        if self.process.world_size == 1:
             return
         tensors = [*self.backbone.state_dict().values(), *self.masker.state_dict().values()]
-        distributed.broadcast_tensors(t for t in tensors if isinstance(t, torch.Tensor))
+        self.process.broadcast_tensors(t for t in tensors if isinstance(t, torch.Tensor))
         cuda = self.device.type == "cuda"
-        self.seed, generator, cpu_rng, cuda_rng = distributed.broadcast_object(
+        self.seed, generator, cpu_rng, cuda_rng = self.process.broadcast(
             (
                 self.seed,
                 self.generator.get_state(),
@@ -393,7 +407,7 @@ class Trainer:
         calls it and returns once rank 0 (all ranks hold the same state) has written the file.
         """
         target = Path(path) if path else self._require_run().checkpoint
-        if distributed.is_main():
+        if self.process.is_main:
             state = self.state_dict()
             learned = {  # the masker's buffers may hold infinities by design (a threshold)
                 "backbone": state["backbone"],
@@ -410,7 +424,7 @@ class Trainer:
                 save_checkpoint(state, target)
             else:
                 self._require_run().save_checkpoint(state)
-        distributed.barrier()
+        self.process.barrier()
         return target
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -428,6 +442,11 @@ class Trainer:
         run.discard_partial_checkpoints()
 
     @property
+    def run(self) -> RunFolder | None:
+        """The run folder's files (None: the Trainer writes nothing)."""
+        return self.owner.folder
+
+    @property
     def run_dir(self) -> Path | None:
         """The run folder's path (None: the Trainer writes nothing)."""
         return self.run.path if self.run is not None else None
@@ -438,7 +457,7 @@ class Trainer:
         return self.run
 
     def _open_logger(self) -> None:
-        if self.run is None or not distributed.is_main():
+        if not self.owner.writes:
             return
         self.run.create()
         # drop whatever an earlier process logged after the point this one starts from
@@ -462,3 +481,11 @@ class Trainer:
         for tag, value in metrics.items():
             self.logger.scalar(tag, value, self.iteration)
         self.logger.hparams(run_hparams(self.config, self.train_config, self.threads), metrics)
+
+
+def _outer_lr(config: Any) -> Any:
+    """The outer learning rate a stored config names (``objective.options.lr``), if any."""
+    if not isinstance(config, Mapping):
+        return None
+    options = (config.get("objective") or {}).get("options")
+    return options.get("lr") if isinstance(options, Mapping) else None
