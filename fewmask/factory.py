@@ -20,12 +20,7 @@ from fewmask.config import (
     read_config_file,
     unstructure,
 )
-from fewmask.config.overrides import (
-    MISSING,
-    changed_values,
-    check_resume_changes,
-    check_test_changes,
-)
+from fewmask.config.overrides import resolve_changed
 from fewmask.config.resolve import (
     ResolvedConfig,
     plain_config,
@@ -194,60 +189,51 @@ def build_run_trainer(
 
     It is rebuilt from the config the checkpoint holds (``config.yaml`` is a copy for people to
     read), with ``overrides`` applied and ``run_dir`` set to this folder, which may have moved;
-    the config is resolved once. ``what`` names the argument in the error when the folder holds
-    no checkpoint.
+    the config is resolved once (:func:`fewmask.config.overrides.resolve_changed`). ``what``
+    names the argument in the error when the folder holds no checkpoint.
 
     With ``resume`` (to train on), overrides that change what is trained are refused, naming
     them (:data:`fewmask.config.overrides.RESUMABLE` lists what may change), and the accepted
     changes (and a re-planned schedule) are recorded in the run folder's ``resumes.jsonl``.
     Without it (to meta-test), overrides may not change the model
     (:data:`fewmask.config.overrides.TEST_FIXED`)."""
-    folder = run_dir.folder if isinstance(run_dir, Run) else RunFolder(run_dir)
-    state = folder.load_checkpoint(what)
-    stored = folder.stored_config(state)
+    run = run_dir if isinstance(run_dir, Run) else Run(RunFolder(run_dir), _NO_PROCESS)
+    state, stored = run.read_checkpoint(what)
     overrides = list(overrides)
-    data = apply_overrides(stored, overrides)
-    source = f"the config of {folder.checkpoint}"
+    folder = run.folder
     try:
-        if _under_run_dir(overrides):
-            raise ConfigError(
-                [
-                    f"$.run_dir: a run stays in its folder ({folder.path}); to continue it "
-                    "elsewhere, move the folder and resume from there"
-                ]
-            )
-        data["run_dir"] = str(folder.path)
-        resolved = resolve(data, registry=registry)
-        changes = changed_values(_comparable(stored), _comparable(plain_config(resolved)))
-        # an option added since the checkpoint was written, at its default, is no change
-        changes = {
-            path: change
-            for path, change in changes.items()
-            if change[0] != MISSING or _overridden(path, overrides)
-        }
-        (check_resume_changes if resume else check_test_changes)(changes, what)
-        train = resolved.experiment.train
-        run = run_dir if isinstance(run_dir, Run) else None
-        run = run or Run.prepare(folder, train.device, train.tune_malloc)
+        resolved, changes = resolve_changed(
+            stored, overrides, str(folder.path), registry, resume=resume, what=what
+        )
+        if run.process is _NO_PROCESS:  # set up now that the config names the device
+            train = resolved.experiment.train
+            run = Run.prepare(folder, train.device, train.tune_malloc)
         trainer = build_trainer(resolved, registry=registry, run=run)
-        try:
-            trainer.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError) as exc:  # another model's tensors
-            given = " ".join(f"-o {o}" for o in overrides) or "no overrides"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(
-                [f"{what}: its checkpoint does not fit the model built with {given}: {first}"]
-            ) from None
+        _restore(trainer, state, overrides, what)
     except ConfigError as exc:
         if exc.source is not None:
             raise
-        raise ConfigError(exc.problems, source) from None
+        raise ConfigError(exc.problems, f"the config of {folder.checkpoint}") from None
     if resume:  # what a crash during a checkpoint write left behind (never a live run's write:
         folder.discard_partial_checkpoints()  # resuming holds the folder's lock; testing does not)
         news = {path: new for path, (_, new) in changes.items()}
-        trainer.owner.record_resume(trainer.iteration, news, trainer.replanned)
-    trainer.resume_changes = changes
+        run.record_resume(trainer.iteration, news, trainer.replanned)
     return trainer
+
+
+_NO_PROCESS = Process(torch.device("cpu"))  # a placeholder until the config names the device
+
+
+def _restore(trainer: Trainer, state: Mapping[str, Any], overrides: list[str], what: str) -> None:
+    """Load ``state`` into ``trainer``; tensors of another model are the overrides' fault."""
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        given = " ".join(f"-o {o}" for o in overrides) or "no overrides"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            [f"{what}: its checkpoint does not fit the model built with {given}: {first}"]
+        ) from None
 
 
 class RunResults(dict):
@@ -286,33 +272,30 @@ def train(
     say = echo or (lambda line: None)
     overrides = list(overrides)
     resolved = None
-    if config is not None and start != "resume":
-        # the path as a YAML string, whatever it holds (`#`, `: `, escapes, any character)
+    if start != "resume":
+        if config is None:
+            raise ConfigError(["config: a new run needs a config (only a resume has none)"])
         given = [f"run_dir={json.dumps(str(run_dir), ensure_ascii=False)}"] if run_dir else []
         resolved = resolve(config, [*overrides, *given], registry=registry)
-        path: str | Path = resolved.experiment.run_dir
-    elif run_dir is not None:
-        path = run_dir
-    else:
+        run_dir = resolved.experiment.run_dir
+    elif run_dir is None:
         raise ConfigError(["run_dir: resuming needs the run's folder"])
-    train_options = resolved.experiment.train if resolved is not None else None
-    device = train_options.device if train_options else "cpu"
-    run = Run(path, Process.start(device))
-    with run.held():
-        mode = run.decide(start)
+    device = resolved.experiment.train.device if resolved is not None else "cpu"
+    run, mode = Run.open(run_dir, device, start)  # the lock is held from here ...
+    try:
         if mode == "finished":
             say(f"{run.folder.path} already finished; its results are reused")
             return RunResults(run.folder.read_results(), run.folder.path)
         if mode == "resume":
-            trainer = build_run_trainer(
-                run, overrides, what="--resume", registry=registry, resume=True
-            )
+            trainer = build_run_trainer(run, overrides, "--resume", registry=registry, resume=True)
             _tell_resume(trainer, overrides, say)
         else:
             trainer = build_trainer(resolved, registry=registry, run=run)
         run.write_config(trainer.config)  # the readable copy (the checkpoint holds it too)
         say(f"threads: {trainer.threads}")
         return RunResults(trainer.fit(callbacks=callbacks), trainer.run_dir)
+    finally:
+        run.release()  # ... to the end of the run, however it ends
 
 
 def _tell_resume(trainer: Trainer, overrides: Sequence[str], say: Callable[[str], None]) -> None:
@@ -330,23 +313,6 @@ def _tell_resume(trainer: Trainer, overrides: Sequence[str], say: Callable[[str]
             f"the learning-rate schedule is re-planned for {plan}; training continues at "
             f"lr {lr:.6g} (recorded in {run.resumes})"
         )
-
-
-def _under_run_dir(overrides: Iterable[str]) -> bool:
-    return any(o.partition("=")[0].strip() == "run_dir" for o in overrides)
-
-
-def _overridden(path: str, overrides: Iterable[str]) -> bool:
-    """Whether an override sets ``path`` or something above or below it."""
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if path == key or path.startswith(f"{key}.") or key.startswith(f"{path}."):
-            return True
-    return False
-
-
-def _comparable(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k != "run_dir"}
 
 
 def cross_domain_label(name: str, options: Any, taken: Mapping[str, Any]) -> str:

@@ -69,14 +69,14 @@ BAD_OPTIONS = [
 )
 def test_validation_rejects_bad_backbone_options(tmp_path, name, options, field, message):
     with pytest.raises(ConfigError) as caught:
-        fewmask.config.resolve(experiment(tmp_path, {"name": name, "options": options}))
+        fewmask.resolve(experiment(tmp_path, {"name": name, "options": options}))
     (problem,) = caught.value.problems  # about the backbone only, not the missing data
     assert problem.startswith(f"$.backbone.options.{field}: "), problem
     assert message in problem, problem
 
 
 def test_the_same_config_with_good_options_validates(tmp_path):
-    resolved = fewmask.config.resolve(experiment(tmp_path, {"name": "wrn28_10", "options": {}}))
+    resolved = fewmask.resolve(experiment(tmp_path, {"name": "wrn28_10", "options": {}}))
     assert resolved.experiment.backbone.name == "wrn28_10"
     assert not (tmp_path / "missing").exists()
 

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from fewmask.runtime import memory as budget
 from fewmask.cli import main
 from fewmask.cli.errors import describe
 from fewmask.datasets.folders import ImageFolderConfig, ImageFolderSource
 from fewmask.datasets.layout import read_split_file
 from fewmask.errors import DatasetError
+from fewmask.runtime import memory as budget
 
 
 @pytest.fixture

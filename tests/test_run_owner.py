@@ -97,7 +97,8 @@ def test_train_resolves_the_config_once_and_takes_the_lock_once(tmp_path, monkey
         calls["lock"] += 1
         return acquire(*args, **kwargs)
 
-    monkeypatch.setattr("fewmask.factory.resolve_config", counting_resolve)
+    for user in ("fewmask.factory", "fewmask.config.overrides"):  # every caller of phase 2
+        monkeypatch.setattr(f"{user}.resolve_config", counting_resolve)
     monkeypatch.setattr("fewmask.runtime.lock.acquire", counting_acquire)
     run = tmp_path / "run"
     assert (

@@ -78,7 +78,7 @@ def test_example_config_validates(as_installed, capsys):
     assert "name: smoothed_scores" in capsys.readouterr().out
     data = yaml.safe_load(CONFIG.read_text())
     del data["masker"]  # the objective's default masker is the plugin's own
-    resolved = fewmask.config.resolve(data)
+    resolved = fewmask.resolve(data)
     assert resolved.components["masker"].name == "global_magnitude"
 
 

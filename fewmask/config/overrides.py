@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 
 from fewmask.config.files import MAX_VALUE_CHARS, parse_yaml, plain_data_problems
+from fewmask.config.resolve import ResolvedConfig, plain_config, resolve_config
 from fewmask.errors import ConfigError
+from fewmask.registry import Registry
 
 RESUMABLE = (
     "train.iterations",
@@ -143,3 +145,49 @@ def apply_overrides(
     if problems:
         raise ConfigError(problems)
     return data
+
+
+def resolve_changed(
+    stored: Mapping[str, Any],
+    overrides: Iterable[str],
+    run_dir: str,
+    registry: Registry,
+    *,
+    resume: bool,
+    what: str,
+) -> tuple[ResolvedConfig, dict[str, tuple[Any, Any]]]:
+    """A stored run's config with ``overrides`` applied, resolved once, and what they change.
+
+    The run stays in ``run_dir`` (an override of ``run_dir`` is refused). With ``resume`` the
+    changes a resumed run may not make are refused (:data:`RESUMABLE`), otherwise those that
+    would change the model (:data:`TEST_FIXED`). An option added since the config was stored,
+    at its default, is no change."""
+    overrides = list(overrides)
+    if any(o.partition("=")[0].strip() == "run_dir" for o in overrides):
+        raise ConfigError(
+            [
+                f"$.run_dir: a run stays in its folder ({run_dir}); to continue it elsewhere, "
+                "move the folder and resume from there"
+            ]
+        )
+    data = apply_overrides(dict(stored), overrides)
+    data["run_dir"] = run_dir
+    resolved = resolve_config(data, registry)
+    without = {k: v for k, v in stored.items() if k != "run_dir"}
+    after = {k: v for k, v in plain_config(resolved).items() if k != "run_dir"}
+    changes = {
+        path: change
+        for path, change in changed_values(without, after).items()
+        if change[0] != MISSING or _overridden(path, overrides)
+    }
+    (check_resume_changes if resume else check_test_changes)(changes, what)
+    return resolved, changes
+
+
+def _overridden(path: str, overrides: Iterable[str]) -> bool:
+    """Whether an override sets ``path``, something above it or something below it."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if path == key or path.startswith(f"{key}.") or key.startswith(f"{path}."):
+            return True
+    return False

@@ -54,6 +54,27 @@ class Run:
         apply_train_option(tune_malloc)
         return cls(path, Process.start(device))
 
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str] | RunFolder | None, device: str, start: str
+    ) -> tuple[Run, str]:
+        """The run in ``path``, its process set up for ``device``, its lock held and ``start``
+        decided (:meth:`decide`): ``(run, "new" | "resume" | "finished")``."""
+        run = cls(path, Process.start(device))
+        try:
+            return run, run.decide(start)
+        except BaseException:
+            run.release()
+            raise
+
+    def read_checkpoint(self, what: str = "RUN_DIR") -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run's checkpoint (verified, on the CPU) and the config it holds, as plain data.
+        ``what`` names the argument that gave the folder, in the error when it holds none."""
+        if self.folder is None:
+            raise ConfigError([f"{what}: this run has no folder"])
+        state = self.folder.load_checkpoint(what)
+        return state, self.folder.stored_config(state)
+
     @property
     def writes(self) -> bool:
         """Whether this process writes the run's files (it has a folder and is rank 0)."""

@@ -4,15 +4,12 @@ experiments."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from fewmask.interfaces import FewShotDataset
 from fewmask.training.metrics import mask_sparsity
-
-if TYPE_CHECKING:
-    from fewmask.training.trainer import Trainer
 
 
 @attrs.frozen
@@ -55,14 +52,15 @@ class MetaTestResult:
 
 
 def meta_test(
-    trainer: Trainer,
+    trainer: Any,
     episodes: int | None = None,
     *,
     dataset: FewShotDataset | None = None,
     cross_domain: bool = True,
 ) -> MetaTestResult:
-    """Meta-test ``trainer``'s model on its test split (or ``dataset``'s test split), and on its
-    cross-domain sets unless ``cross_domain`` is false. Every rank must call it under torchrun."""
+    """Meta-test ``trainer``'s model (a :class:`~fewmask.training.trainer.Trainer`) on its
+    test split (or ``dataset``'s test split), and on its cross-domain sets unless
+    ``cross_domain`` is false. Every rank must call it under torchrun."""
     episodes = episodes or trainer.train_config.test_episodes
     progress = trainer.train_config.progress
     if dataset is not None:
