@@ -160,7 +160,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         )
     if args.dataset is None:
         result = meta_test(trainer, args.episodes)
-        if distributed.is_main():
+        if trainer.process.is_main:
             results = result.to_dict()
             _print_results(results, trainer.run.write_test_results(results), trainer.run)
         return 0
@@ -171,7 +171,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     target = match_shape(target, trainer.datasets["train"].image_shape)
     trainer.sampler.check(target)
     result = meta_test(trainer, args.episodes, dataset=target)
-    if not distributed.is_main():
+    if not trainer.process.is_main:
         return 0
     print(
         f"meta-test on {target.name} ({result.ways}-way {result.shots}-shot, "

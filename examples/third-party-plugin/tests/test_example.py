@@ -88,13 +88,13 @@ def test_bad_options_are_reported_with_their_path(tmp_path):
     bad["objective"]["options"] = {"smoothing": 1.5, "lr": 1.0, "min_lr": 2.0}
     bad["masker"] = {"name": "global_magnitude", "options": {"sparsity": -0.1}}
     with pytest.raises(fewmask.ConfigError) as caught:
-        fewmask.config.resolve(bad)
+        fewmask.resolve(bad)
     message = str(caught.value)
     assert "$.objective.options.smoothing: must be < 1, got 1.5" in message
     assert "$.masker.options.sparsity: must be >= 0, got -0.1" in message
     bad["objective"]["options"] = {"lr": 1.0, "min_lr": 2.0}
     with pytest.raises(fewmask.ConfigError, match=r"\$.objective.options.min_lr: must be <= lr"):
-        fewmask.config.resolve(bad)
+        fewmask.resolve(bad)
 
 
 def test_checkpoint_restores_the_masks(tmp_path):

@@ -183,7 +183,7 @@ def no_model_building(monkeypatch):
 )
 def test_validation_rejects_bad_options_without_building(tmp_path, options, field, message):
     with pytest.raises(fewmask.ConfigError) as caught:
-        fewmask.config.resolve(experiment(tmp_path, options))
+        fewmask.resolve(experiment(tmp_path, options))
     (problem,) = caught.value.problems  # about the backbone only, not the missing data
     assert problem.startswith(f"$.backbone.options.{field}: "), problem
     assert message in problem, problem
@@ -192,7 +192,7 @@ def test_validation_rejects_bad_options_without_building(tmp_path, options, fiel
 @pytest.mark.usefixtures("no_model_building")
 def test_good_options_validate_without_building(tmp_path):
     options = {"model_name": "resnet18.a1_in1k", "kwargs": {"drop_rate": 0.1}}
-    fewmask.config.resolve(experiment(tmp_path, options))
+    fewmask.resolve(experiment(tmp_path, options))
 
 
 def test_reset_classifier_gives_a_fresh_head_of_the_new_width():
