@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -166,3 +169,22 @@ def run_hparams(config: Mapping[str, Any] | None, train: Any, threads: Any) -> d
     walk(_run_data(config, train), "")
     flat["threads"] = threads.threads
     return flat
+
+
+def tensorboard_command(logdir: str | Path) -> str:
+    """``tensorboard --logdir LOGDIR`` as it runs when typed here: the ``tensorboard`` beside
+    this Python (e.g. ``.venv/bin/tensorboard``, relative to the working folder when inside
+    it) unless that is the one on PATH, else ``python -m tensorboard.main``."""
+    beside = Path(sys.executable).with_name("tensorboard")
+    on_path = shutil.which("tensorboard")
+    if beside.is_file() and not (on_path and Path(on_path).resolve() == beside.resolve()):
+        try:
+            program = str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            program = str(beside)
+        program = shlex.quote(program)
+    elif on_path:
+        program = "tensorboard"
+    else:
+        program = f"{shlex.quote(sys.executable)} -m tensorboard.main"
+    return f"{program} --logdir {shlex.quote(str(logdir))}"
