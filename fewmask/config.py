@@ -67,7 +67,8 @@ class TrainConfig:
         1000,
         ge=1,
         output_only=True,
-        help="write score histograms at iteration 0, every this many iterations and at the last one",
+        help="write score histograms at iteration 0, every this many iterations and at the "
+        "last one",
     )
     mask_image_every: int = option(
         1000,
