@@ -21,6 +21,7 @@ from fewmask.run import RunFolder
 
 class MetricLogger(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def wall_clock(self, tag: str, seconds: float, step: int) -> None: ...
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None: ...
     def text(self, tag: str, text: str, step: int) -> None: ...
     def image(self, tag: str, image: torch.Tensor, step: int) -> None: ...
@@ -33,6 +34,9 @@ class NullLogger:
     """Discards everything."""
 
     def scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def wall_clock(self, tag: str, seconds: float, step: int) -> None:
         pass
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
@@ -102,6 +106,11 @@ class RunLogger:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
         self._file.write(json.dumps({"step": step, "tag": tag, "value": value}) + "\n")
+
+    def wall_clock(self, tag: str, seconds: float, step: int) -> None:
+        """A timing, as the TensorBoard scalar ``time/TAG`` only: it differs from run to run,
+        so it stays out of ``metrics.jsonl``, whose values a resumed run reproduces exactly."""
+        self.writer.add_scalar(f"time/{tag}", seconds, step)
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         try:

@@ -156,7 +156,7 @@ class Trainer:
                     it = self.iteration  # iterations done
                     if it % cfg.log_every == 0 or it == cfg.iterations:
                         self._log_train(it, stats)
-                        self.logger.scalar("train/seconds_per_iteration", seconds / steps, it)
+                        self.logger.wall_clock("seconds_per_iteration", seconds / steps, it)
                         steps, seconds = 0, 0.0
                         lr = self._last_lr
                         warned = check_meta_parameters(self.meta_params, it - 1, lr, warned)
