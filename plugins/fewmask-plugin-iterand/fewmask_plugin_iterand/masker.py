@@ -54,7 +54,7 @@ class IteRandMasker(Masker):
         super().__init__()
         self.config = config
         self.base = base
-        self.events = 0  # re-draws so far (counted from the iteration, so resumed runs agree)
+        self.events = 0
         self.redrawn: torch.Tensor | float = 0.0  # weights re-drawn by the last re-draw
 
     def attach(self, backbone: Backbone) -> None:
@@ -73,7 +73,7 @@ class IteRandMasker(Masker):
         self.base.on_outer_step(iteration, backbone)
         if (iteration + 1) % self.config.period == 0:
             self.redrawn = rerandomize_pruned(backbone, self.base.masks(), self.config.rate)
-            self.events = (iteration + 1) // self.config.period
+            self.events = (iteration + 1) // self.config.period  # a resumed run counts alike
 
     def log_scalars(self) -> dict[str, torch.Tensor | float]:
         """``redraws`` (so far) and ``redrawn_weights`` (by the last one), as TensorBoard and
