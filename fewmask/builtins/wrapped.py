@@ -158,7 +158,7 @@ class WrappedBackbone(Backbone):
     def _choose_maskable(self, maskable: Iterable[str] | None) -> list[str]:
         names = {id(p): n for n, p in self.named_parameters()}
         if maskable is not None:
-            chosen = [n if n.startswith("model.") else f"model.{n}" for n in maskable]
+            chosen = [f"model.{n}" for n in maskable]  # names in the module
             unknown = [n for n in chosen if n not in names.values()]
             if unknown:
                 raise ConfigError(
