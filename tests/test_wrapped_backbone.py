@@ -195,12 +195,12 @@ def test_meta_gradient_matches_per_task_reference(algorithm, path):
 
 
 # ---------------------------------------------------------------- training
-def trainer(masker: str, objective: str, engine: str = "exact") -> Trainer:
+def trainer(masker: str, objective: str, engine: str = "exact", inner: str = "sgd") -> Trainer:
     objective_options = {"warmup": 1} if objective == "metaticket" else None
     return Trainer(
         wrapped(),
         create("masker", masker),
-        create("inner_optimizer", "sgd"),
+        create("inner_optimizer", inner),
         create("objective", objective, objective_options),
         create("sampler", "episodic", {"ways": WAYS, "shots": 1, "queries": 2}),
         {"train": make_dataset(classes=4, per_class=3, shape=SHAPE)},
@@ -231,6 +231,15 @@ def test_trains_with_every_masker_and_objective(masker, objective, engine):
     assert any(not torch.equal(p, before[n]) for n, p in run.meta_params.items())
     if objective == "metaticket":
         assert set(run.meta_params) == set(run.backbone.maskable_parameter_names())
+
+
+@pytest.mark.parametrize("inner", fewmask.list_components("inner_optimizer"))
+def test_trains_with_every_inner_optimizer(inner):
+    """The body/head split (ANIL, BOIL) and per-layer rates come from the wrapped module."""
+    run = trainer("metaticket", "metaticket", inner=inner)
+    groups = run.backbone.parameter_groups()
+    assert {n for n, g in groups.items() if g == "head"} == {"model.out.weight", "model.out.bias"}
+    assert 0.0 <= run.fit()["accuracy"] <= 1.0
 
 
 def test_checkpoint_round_trip(tmp_path):
