@@ -6,6 +6,7 @@ here, and plugins import nothing else from fewmask (``import-linter`` checks it)
     from fewmask import hookimpl, option, component                  # plugin authors
     from fewmask import Backbone, Masker, InnerOptimizer, MetaObjective, EpisodeSampler
     from fewmask import Trainer, TrainConfig, build_trainer, create, load_config
+    from fewmask import as_backbone                                   # any nn.Module
 
 The functions that need a registry (``create``, ``build_trainer``, ...) use the process's
 default session unless given ``registry=`` (see :mod:`fewmask.session`).
@@ -20,6 +21,7 @@ from fewmask.builtins.outer import (
     ScheduledLR,
     build_outer_optimizer,
 )
+from fewmask.builtins.wrapped import WrappedBackbone, as_backbone
 from fewmask.config import ExperimentConfig, TrainConfig
 from fewmask.config.resolve import ResolvedConfig
 from fewmask.datasets.base import CachedSource, CachedSourceConfig
@@ -113,7 +115,9 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "UnknownComponentError",
+    "WrappedBackbone",
     "__version__",
+    "as_backbone",
     "build_outer_optimizer",
     "build_trainer",
     "component",

@@ -191,6 +191,12 @@ class Masker(nn.Module, ABC):
     def on_outer_step(self, iteration: int, backbone: Backbone) -> None:
         """Called once after every outer update (e.g. to re-randomise pruned weights)."""
 
+    def log_scalars(self) -> Mapping[str, float | Tensor]:
+        """Scalars worth recording, by name: the Trainer logs each as ``masker/NAME`` with the
+        training scalars (``train.log_every``). 0-dim tensors are read only then, so keeping
+        them costs no host synchronisation. Default: none."""
+        return {}
+
 
 class SGDSteps(NamedTuple):
     """What an inner optimizer's adaptation is when it is plain SGD (see

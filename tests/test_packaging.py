@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from fewmask.registry.known import OUTSIDE_PLUGINS_EXTRA
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -177,7 +179,7 @@ def test_the_core_wheel_declares_the_plugin_extras(wheels):
     (core,) = wheels.glob("fewmask-*.whl")
     metadata = wheel_metadata(core)
     for plugin in PLUGINS:
-        extra = "all" if plugin.name == "fewmask-plugin-timm" else "plugins"
+        extra = "all" if plugin.name in OUTSIDE_PLUGINS_EXTRA else "plugins"
         assert re.search(rf"Requires-Dist: {plugin.name}\W.*extra == \"{extra}\"", metadata)
     assert re.search(r"Requires-Dist: fewmask\[.*plugins.*\]; extra == \"all\"", metadata)
 
@@ -192,8 +194,10 @@ def test_the_extras_and_plugin_dependencies_are_declared():
     def named(requirements: list[str]) -> set[str]:
         return {re.split(r"[<>=~!\[; ]", r, maxsplit=1)[0] for r in requirements}
 
-    assert names - {"fewmask-plugin-timm"} == named(extras["plugins"])
-    assert "fewmask-plugin-timm" in named(extras["all"]) and "fewmask[plugins" in extras["all"][0]
+    assert names - set(OUTSIDE_PLUGINS_EXTRA) == named(extras["plugins"])
+    assert (
+        set(OUTSIDE_PLUGINS_EXTRA) <= named(extras["all"]) and "fewmask[plugins" in extras["all"][0]
+    )
     for plugin in PLUGINS:
         meta = tomllib.loads((plugin / "pyproject.toml").read_text())["project"]
         assert meta["readme"] == "README.md" and (plugin / "README.md").is_file(), plugin.name

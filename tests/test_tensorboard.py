@@ -64,11 +64,12 @@ def test_every_tag_is_in_the_event_files(metaticket_run):
     (config,) = run.Tensors("config/text_summary")
     text = config.tensor_proto.string_val[0].decode()
     assert "note: a config" in text and "threads: 1 CPU thread" in text
-    # a 3-iteration run still gets score histograms (histogram_every is 1000): at its end
-    assert [h.step for h in run.Histograms(f"scores/{LAYER}")] == [3]
-    # the first masked layer as a picture, every 2 iterations and at the end
+    # a 3-iteration run still gets score histograms (histogram_every is 1000): at the start
+    # and at its end
+    assert [h.step for h in run.Histograms(f"scores/{LAYER}")] == [0, 3]
+    # every masked layer (here one) as a picture, at the start, every 2 iterations and at the end
     images = run.Images(f"masks/{LAYER}")
-    assert [i.step for i in images] == [2, 3]
+    assert [i.step for i in images] == [0, 2, 3]
     from PIL import Image
 
     picture = Image.open(io.BytesIO(images[-1].encoded_image_string))

@@ -11,6 +11,7 @@ from typing import Any
 from fewmask.errors import ConfigError, RunStoppedError
 from fewmask.runtime import distributed
 from fewmask.runtime.folder import RunFolder
+from fewmask.training.loggers import tensorboard_command
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -217,7 +218,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     for table in sorted(out.glob("*.md")):
         print(f"## {table.stem}\n\n{table.read_text()}")
     outputs = sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".md", ".png"))
-    print(f"outputs in {out}: {', '.join(outputs)}; TensorBoard: tensorboard --logdir {out}")
+    print(f"outputs in {out}: {', '.join(outputs)}; TensorBoard: {tensorboard_command(out)}")
     return 0
 
 
@@ -240,4 +241,4 @@ def _print_results(results: dict, path: Path, run: RunFolder) -> None:
         ]
         print("| " + " | ".join(["own test split", *cross]) + " |")
         print("| " + " | ".join(cells) + " |")
-    print(f"results: {path}; TensorBoard: tensorboard --logdir {run.path.parent}")
+    print(f"results: {path}; TensorBoard: {tensorboard_command(run.path.parent)}")

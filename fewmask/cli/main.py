@@ -43,12 +43,39 @@ def _describe_experiments() -> str:
     return "Experiments: " + "; ".join(f"{i.name}: {i.description}" for i in EXPERIMENTS.values())
 
 
+MAIN_EPILOG = """\
+examples:
+  fewmask train examples/metaticket_glyphs.yaml     Meta-ticket on the built-in glyph set (CPU)
+  fewmask train examples/glyphs/maml.yaml -o train.iterations=100
+  fewmask validate my_config.yaml                   check a config; print it with every default
+  fewmask options train                             every field of a section, with its meaning
+  fewmask plugins backbone                          the backbones installed, and who provides them
+
+Configs to start from: examples/ in the source checkout (glyphs/: every method on the built-in
+glyph set; paper/: the paper's experiments). Every config field: `fewmask options`
+(docs/config.md). `fewmask COMMAND --help` for one command.
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  fewmask train examples/metaticket_glyphs.yaml
+  fewmask train examples/glyphs/maml.yaml -o train.iterations=100 -o sampler.options.shots=5
+  fewmask train examples/glyphs/metaticket.yaml --run-dir runs/try1 --force
+  fewmask train --resume runs/try1 -o train.iterations=8000     continue a run further
+
+Configs to start from: examples/ in the source checkout (glyphs/, paper/). What each -o key
+means: `fewmask options` (or `fewmask options train`, `fewmask options masker.metaticket`).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewmask.version import __version__
 
     parser = _Parser(
         prog="fewmask",
         description="Meta-learn sparse subnetworks (Meta-ticket) and MAML baselines.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fewmask {__version__}")
     parser.add_argument(
@@ -95,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", **override)
     p.set_defaults(func=commands.cmd_validate)
 
-    p = sub.add_parser("train", help="meta-train, then meta-test the final model")
+    p = sub.add_parser(
+        "train",
+        help="meta-train, then meta-test the final model",
+        description="Meta-train, then meta-test the final model.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", nargs="?", help="YAML, TOML or JSON config file")
     p.add_argument("-o", "--override", **override)
     p.add_argument("--run-dir", help="where to write the run (overrides run_dir)")

@@ -87,6 +87,8 @@ def read_text(path: str | Path) -> str:
             raise ConfigError([f"$: config file {source!r} is {what}"], source)
         with path.open("rb") as handle:
             raw = handle.read(MAX_BYTES + 1)
+    except ConfigError:  # already says what is wrong (a ValueError, not to be wrapped again)
+        raise
     except (OSError, ValueError) as exc:  # permissions, a NUL or surrogate in the name
         raise ConfigError([f"$: cannot read config file {source!r}: {_reason(exc)}"]) from None
     if len(raw) > MAX_BYTES:

@@ -57,14 +57,20 @@ class TrainConfig:
         1000,
         ge=1,
         output_only=True,
-        help="write score histograms every this many iterations (and at the last one)",
+        help="write score histograms at iteration 0, every this many iterations and at the "
+        "last one",
     )
     mask_image_every: int = option(
         1000,
         ge=0,
         output_only=True,
-        help="write the first masked layer's mask as a picture to TensorBoard every this many "
-        "iterations (and at the last one) in masking runs; 0 never",
+        help="write the masks of mask_image_layers as pictures to TensorBoard at iteration 0, "
+        "every this many iterations and at the last one, in masking runs; 0 never",
+    )
+    mask_image_layers: tuple[str, ...] = option(
+        (),
+        output_only=True,
+        help="the masked weights (parameter names) drawn by mask_image_every; empty: every one",
     )
     device: str = option("cpu", help="torch device: cpu, cuda, cuda:1, ...")
     dtype: str = option("float32", choices=("float32", "float64"), help="floating-point precision")

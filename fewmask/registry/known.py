@@ -14,9 +14,17 @@ PROVIDERS: dict[tuple[str, str], str] = {
     ("inner_optimizer", "boil"): "fewmask-plugin-lrpolicies",
     ("inner_optimizer", "per_layer"): "fewmask-plugin-lrpolicies",
     ("backbone", "timm"): "fewmask-plugin-timm",
+    ("backbone", "torchvision"): "fewmask-plugin-torchvision",
 }
 """``(kind, name) -> distribution`` of every component the plugins of this repository register
 (a test checks it against their registrations)."""
+
+OUTSIDE_PLUGINS_EXTRA: dict[str, str] = {
+    "fewmask-plugin-timm": "timm",
+    "fewmask-plugin-torchvision": "torchvision",
+}
+"""Plugins that need a third-party library (named here), so ``fewmask[plugins]`` leaves them
+out and only ``fewmask[all]`` brings them."""
 
 
 def install_hint(kind: str, name: str) -> str | None:
@@ -27,6 +35,12 @@ def install_hint(kind: str, name: str) -> str | None:
     try:
         importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
+        library = OUTSIDE_PLUGINS_EXTRA.get(distribution)
+        if library is not None:
+            return (
+                f"It is provided by {distribution}: pip install {distribution} (it brings "
+                f"{library}; 'fewmask[plugins]' does not include it, 'fewmask[all]' does)."
+            )
         return (
             f"It is provided by {distribution}: pip install {distribution} "
             "(or every plugin: pip install 'fewmask[plugins]')."

@@ -61,6 +61,12 @@ class Progress:
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         self.stream.flush()
 
+    def write(self, line: str) -> None:
+        """``line`` on a line of its own (the bar is redrawn by the next update)."""
+        if self.enabled:
+            self.stream.write(("\r" + line + "\033[K\n") if self.tty else line + "\n")
+            self.stream.flush()
+
     def __enter__(self) -> Progress:
         return self
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +21,7 @@ from fewmask.runtime.folder import RunFolder
 
 class MetricLogger(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def wall_clock(self, tag: str, seconds: float, step: int) -> None: ...
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None: ...
     def text(self, tag: str, text: str, step: int) -> None: ...
     def image(self, tag: str, image: torch.Tensor, step: int) -> None: ...
@@ -30,6 +34,9 @@ class NullLogger:
     """Discards everything."""
 
     def scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def wall_clock(self, tag: str, seconds: float, step: int) -> None:
         pass
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
@@ -100,6 +107,11 @@ class RunLogger:
         self.writer.add_scalar(tag, value, step)
         self._file.write(json.dumps({"step": step, "tag": tag, "value": value}) + "\n")
 
+    def wall_clock(self, tag: str, seconds: float, step: int) -> None:
+        """A timing, as the TensorBoard scalar ``time/TAG`` only: it differs from run to run,
+        so it stays out of ``metrics.jsonl``, whose values a resumed run reproduces exactly."""
+        self.writer.add_scalar(f"time/{tag}", seconds, step)
+
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         try:
             self.writer.add_histogram(tag, values.detach().float().cpu(), step)
@@ -166,3 +178,22 @@ def run_hparams(config: Mapping[str, Any] | None, train: Any, threads: Any) -> d
     walk(_run_data(config, train), "")
     flat["threads"] = threads.threads
     return flat
+
+
+def tensorboard_command(logdir: str | Path) -> str:
+    """``tensorboard --logdir LOGDIR`` as it runs when typed here: the ``tensorboard`` beside
+    this Python (e.g. ``.venv/bin/tensorboard``, relative to the working folder when inside
+    it) unless that is the one on PATH, else ``python -m tensorboard.main``."""
+    beside = Path(sys.executable).with_name("tensorboard")
+    on_path = shutil.which("tensorboard")
+    if beside.is_file() and not (on_path and Path(on_path).resolve() == beside.resolve()):
+        try:
+            program = str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            program = str(beside)
+        program = shlex.quote(program)
+    elif on_path:
+        program = "tensorboard"
+    else:
+        program = f"{shlex.quote(sys.executable)} -m tensorboard.main"
+    return f"{program} --logdir {shlex.quote(str(logdir))}"

@@ -21,6 +21,7 @@ Under ``torchrun`` each meta-batch's tasks are split across the ranks (the Run's
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -120,6 +121,7 @@ class Trainer:
         options = EngineOptions.fast() if train.engine == "fast" else None
         self.engine = Engine(backbone, masker, inner, objective, options)
         self.meta_params = self.engine.meta_params
+        self._check_mask_image_layers()
         self._meta_step = self.engine.meta_step
         if train.cuda_graph:
             if self.process.world_size > 1:
@@ -162,12 +164,19 @@ class Trainer:
         try:
             self._open_logger()
             show = cfg.progress and self.process.is_main
+            if self.iteration == 0:
+                self._log_start()
+            steps, seconds = 0, 0.0  # since the last logged iteration
             with Progress(cfg.iterations, "meta-train", self.iteration, show) as bar:
                 while self.iteration < cfg.iterations:
-                    stats = self.train_step()
+                    start = time.perf_counter()
+                    stats = self.train_step()  # ends in a host read: the step is done
+                    steps, seconds = steps + 1, seconds + time.perf_counter() - start
                     it = self.iteration  # iterations done
                     if it % cfg.log_every == 0 or it == cfg.iterations:
                         self._log_train(it, stats)
+                        self.logger.wall_clock("seconds_per_iteration", seconds / steps, it)
+                        steps, seconds = 0, 0.0
                         lr = self._last_lr
                         warned = check_meta_parameters(self.meta_params, it - 1, lr, warned)
                     if it % cfg.histogram_every == 0 or it == cfg.iterations:
@@ -182,6 +191,7 @@ class Trainer:
                         val = self.evaluate("val", cfg.val_episodes, seed=self._val_seed(it))
                         self.logger.scalar("val/accuracy", val.mean, it)
                         self.logger.scalar("val/loss", val.loss, it)
+                        bar.write(f"validation at iteration {it} (every {cfg.val_every}): {val}")
                     due = it % cfg.checkpoint_every == 0 or it == cfg.iterations
                     if due and self.run_dir is not None:
                         self.logger.flush()  # metrics up to the checkpoint survive a crash
@@ -253,6 +263,20 @@ class Trainer:
             self.logger.scalar("sparsity/overall", overall, it)
             for name, value in per_layer.items():
                 self.logger.scalar(f"sparsity/{name}", value, it)
+        for name, value in self.masker.log_scalars().items():
+            self.logger.scalar(f"masker/{name}", float(value), it)
+
+    def _log_start(self) -> None:
+        """Iteration 0 of a fresh run: the initial scores' histograms, sparsity and masks."""
+        if isinstance(self.logger, NullLogger):
+            return
+        for name, score in self.masker.meta_parameters().items():
+            self.logger.histogram(f"scores/{name}", score, 0)
+        per_layer, overall = mask_sparsity(self.masker)
+        if per_layer:
+            self.logger.scalar("sparsity/overall", overall, 0)
+        if self.train_config.mask_image_every:
+            self._log_mask_picture(0)
 
     def _val_seed(self, iteration: int) -> int:
         return self.seed * 1_000_003 + iteration
@@ -466,14 +490,22 @@ class Trainer:
         self.logger.text("config", text, self.iteration)  # a resumed run: its config from here
 
     def _log_mask_picture(self, iteration: int) -> None:
-        """The first masked layer's mask, unit by unit in the input's shape (masking runs)."""
+        """The masks of ``train.mask_image_layers`` (default: every masked layer), unit by unit
+        in the input's shape (masking runs)."""
         if isinstance(self.logger, NullLogger):
             return
         masks = self.engine.frozen_masks()
-        if masks:
-            name, mask = next(iter(masks.items()))
-            image = mask_grid(mask.cpu(), self.datasets["train"].image_shape)
+        for name in self.train_config.mask_image_layers or masks:
+            image = mask_grid(masks[name].cpu(), self.datasets["train"].image_shape)
             self.logger.image(f"masks/{name}", image, iteration)
+
+    def _check_mask_image_layers(self) -> None:
+        unknown = [n for n in self.train_config.mask_image_layers if n not in self.masker.masks()]
+        if unknown:
+            masked = ", ".join(self.masker.masks()) or "none (the masker masks nothing)"
+            raise ConfigError(
+                [f"$.train.mask_image_layers: {', '.join(unknown)} not masked; masked: {masked}"]
+            )
 
     def _log_results(self, results: Mapping[str, Any]) -> None:
         """The meta-test as scalars and, with the hyperparameters, in TensorBoard's HParams."""

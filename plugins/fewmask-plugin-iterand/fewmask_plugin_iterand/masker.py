@@ -55,6 +55,7 @@ class IteRandMasker(Masker):
         self.config = config
         self.base = base
         self.events = 0
+        self.redrawn: torch.Tensor | float = 0.0  # weights re-drawn by the last re-draw
 
     def attach(self, backbone: Backbone) -> None:
         self.base.attach(backbone)
@@ -71,12 +72,21 @@ class IteRandMasker(Masker):
     def on_outer_step(self, iteration: int, backbone: Backbone) -> None:
         self.base.on_outer_step(iteration, backbone)
         if (iteration + 1) % self.config.period == 0:
-            rerandomize_pruned(backbone, self.base.masks(), self.config.rate)
-            self.events += 1
+            self.redrawn = rerandomize_pruned(backbone, self.base.masks(), self.config.rate)
+            self.events = (iteration + 1) // self.config.period  # a resumed run counts alike
+
+    def log_scalars(self) -> dict[str, torch.Tensor | float]:
+        """``redraws`` (so far) and ``redrawn_weights`` (by the last one), as TensorBoard and
+        ``metrics.jsonl`` scalars ``masker/redraws`` and ``masker/redrawn_weights``."""
+        return {**self.base.log_scalars(), "redraws": self.events, "redrawn_weights": self.redrawn}
 
 
-def rerandomize_pruned(backbone: Backbone, masks: dict[str, torch.Tensor], rate: float) -> None:
-    """Replace each pruned entry (mask 0) with a fresh ``N(0, 2/fan_in)`` draw w.p. ``rate``."""
+def rerandomize_pruned(
+    backbone: Backbone, masks: dict[str, torch.Tensor], rate: float
+) -> torch.Tensor:
+    """Replace each pruned entry (mask 0) with a fresh ``N(0, 2/fan_in)`` draw w.p. ``rate``;
+    returns how many were replaced (a 0-dim tensor on the weights' device, not read here)."""
+    counts = []
     with torch.no_grad():
         for name, mask in masks.items():
             weight = backbone.get_parameter(name)
@@ -84,3 +94,5 @@ def rerandomize_pruned(backbone: Backbone, masks: dict[str, torch.Tensor], rate:
             fresh = torch.randn_like(weight) * std
             chosen = (mask.detach() == 0) & (torch.rand_like(weight) < rate)
             weight.copy_(torch.where(chosen, fresh, weight))
+            counts.append(chosen.sum())
+    return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)

@@ -118,3 +118,39 @@ def test_validate_checks_the_wrapped_masker_before_any_data_is_read(tmp_path):
         resolve(config)
     resolved = resolve({**config, "masker": {"name": "iterand"}})
     assert resolved.components["masker"].nested["base"].name == "metaticket"
+
+
+def test_redraws_are_recorded_as_scalars(tmp_path):
+    """``masker/redraws`` counts the re-draws so far; ``masker/redrawn_weights`` is how many
+    weights the last one replaced (every weight that changed: Meta-ticket learns no weights)."""
+    import json
+
+    backbone = create(
+        "backbone", "omniglot_mlp", {"hidden": [16, 8]}, input_shape=(1, 28, 28), num_classes=5
+    )
+    trainer = Trainer(
+        backbone,
+        create("masker", "iterand", {"period": 2, "base": {"name": "metaticket"}}),
+        create("inner_optimizer", "sgd"),
+        create("objective", "metaticket", {"warmup": 1}),
+        create("sampler", "episodic"),
+        {"train": make_dataset()},
+        TrainConfig(iterations=4, test_episodes=2, progress=False, log_every=1),
+        run_dir=tmp_path / "run",
+    )
+    weights = [{n: p.detach().clone() for n, p in backbone.named_parameters()}]
+    trainer.fit(
+        callbacks=[
+            lambda t: weights.append(
+                {n: p.detach().clone() for n, p in t.backbone.named_parameters()}
+            )
+        ]
+    )
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    redraws = [(r["step"], r["value"]) for r in rows if r["tag"] == "masker/redraws"]
+    assert redraws == [(1, 0), (2, 1), (3, 1), (4, 2)]
+    redrawn = {r["step"]: r["value"] for r in rows if r["tag"] == "masker/redrawn_weights"}
+    for step in (2, 4):
+        changed = sum(int((weights[step][n] != weights[step - 1][n]).sum()) for n in weights[step])
+        assert redrawn[step] == changed > 0
+    assert redrawn[3] == redrawn[2]  # the last re-draw's count until the next one
