@@ -1,4 +1,4 @@
-"""The ``fewmask`` command: plugins, validate, train, test.
+"""The ``fewmask`` command: plugins, validate, train, test, export, adapt.
 
 Exit status: 0 success, 2 bad input (configuration, usage, a missing or malformed dataset, a run
 folder in use or unusable, a run too large for the device), 1 a failure at run time (checkpoint,
@@ -200,7 +200,14 @@ def _cmd_test(args: argparse.Namespace) -> int:
     from fewmask.transforms import match_shape
 
     seed = [] if args.seed is None else [f"seed={args.seed}"]
-    trainer = build_run_trainer(args.run_dir, [*args.override, *seed], registry=default_registry())
+    if _is_file(args.run_dir):  # an export: its weights and masks in the run's Trainer
+        from fewmask.export import export_trainer
+
+        overrides = [*args.override, *seed]
+        trainer = export_trainer(args.run_dir, overrides, registry=default_registry())
+    else:
+        overrides = [*args.override, *seed]
+        trainer = build_run_trainer(args.run_dir, overrides, registry=default_registry())
     stopped = trainer.run.read_stopped()
     if stopped is not None:
         raise RunStoppedError(
@@ -244,6 +251,43 @@ def _cmd_test(args: argparse.Namespace) -> int:
         "shots": trainer.sampler.shots,
     }
     print(f"results: {trainer.run.write_test_results(results)}")
+    return 0
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fewmask.export import export_run
+
+    result = export_run(args.run_dir, args.format, args.out, force=args.force)
+    print(result.text, end="")
+    report = ", ".join(str(p) for p in result.report_files)
+    print(f"exported {args.format}: {result.path} (report: {report})")
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from fewmask.export import adapt
+
+    result = adapt(
+        args.model,
+        args.support,
+        args.query,
+        out=args.out,
+        predictions=args.predictions,
+        rebuild_head=args.rebuild_head,
+        force=args.force,
+    )
+    print(f"adapted to {len(result.classes)} classes ({', '.join(result.classes)}); {result.head}")
+    if result.accuracy is not None:
+        print(f"query accuracy: {100 * result.accuracy:.2f} % ({len(result.predictions)} images)")
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 
@@ -390,8 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing run in run_dir")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("test", help="meta-test the checkpoint of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("test", help="meta-test the checkpoint of a run, or an export of it")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run folder, or its packed or safetensors export"
+    )
     p.add_argument("--episodes", type=int, help="number of test episodes (default: the run's)")
     p.add_argument("--seed", type=int, help="episode seed (default: the run's)")
     p.add_argument("--dataset", help="meta-test on this dataset's test split (cross-domain)")
@@ -403,6 +449,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--override", **override)
     p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("export", help="write a run's subnetwork: packed, safetensors or onnx")
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--format", choices=("packed", "safetensors", "onnx"), default="packed")
+    p.add_argument("--out", metavar="FILE", help="default: RUN/export.{fmpack,safetensors,onnx}")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("adapt", help="adapt a run or export to your own labelled images")
+    p.add_argument(
+        "model", metavar="MODEL", help="a run folder, or its packed or safetensors export"
+    )
+    p.add_argument("--support", required=True, metavar="DIR", help="DIR/<class>/*.png|jpg")
+    p.add_argument(
+        "--query", metavar="DIR", help="images to classify (labelled like --support, or not)"
+    )
+    p.add_argument("--out", metavar="FILE", help="save the adapted network (.safetensors or .onnx)")
+    p.add_argument("--predictions", metavar="CSV", help="default with --query: predictions.csv")
+    p.add_argument(
+        "--rebuild-head",
+        action="store_true",
+        help="a fresh head of as many outputs as classes (default: the run's head, same ways)",
+    )
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser(
         "experiment",
