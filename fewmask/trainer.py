@@ -286,7 +286,7 @@ class Trainer:
         episodes = episodes or self.train_config.test_episodes
         split = "test" if "test" in self.datasets else "train"
         result = self.evaluate(split, episodes, progress=self.train_config.progress)
-        _, sparsity = mask_sparsity(self.masker)
+        per_layer, sparsity = mask_sparsity(self.masker)
         results = {
             "split": split,
             "iteration": self.iteration,
@@ -295,6 +295,7 @@ class Trainer:
             "loss": result.loss,
             "episodes": result.episodes,
             "sparsity": sparsity,
+            "sparsity_layers": per_layer,  # the final mask's, as the export report's density
             "ways": self.sampler.ways,
             "shots": self.sampler.shots,
             "queries": self.sampler.queries,
@@ -453,4 +454,6 @@ class Trainer:
         metrics = {f"test/{k}": results[k] for k in ("accuracy", "ci95", "loss", "sparsity")}
         for tag, value in metrics.items():
             self.logger.scalar(tag, value, self.iteration)
+        for name, value in results.get("sparsity_layers", {}).items():
+            self.logger.scalar(f"test/sparsity/{name}", value, self.iteration)
         self.logger.hparams(run_hparams(self.config, self.train_config, self.threads), metrics)
