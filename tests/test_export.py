@@ -320,3 +320,19 @@ def test_a_missing_library_names_the_extra(runs, module, tmp_path, capsys, monke
         'pip install "fewmask[export]"',
     )
     assert not out.exists()
+
+
+def test_a_dense_run_s_report_has_no_mask_and_no_sparse_timing(runs, tmp_path):
+    result = fewmask.export_run(runs["maml"], "safetensors", tmp_path / "m.safetensors")
+    report = result.report
+    assert report["dense"] and report["layers"] == [] and report["density"] == 1.0
+    assert report["parameters"]["kept"] == report["parameters"]["total"]
+    assert "sparse_ms" not in report["cpu_forward"] and "no mask" in report["cpu_forward"]["why"]
+    assert report["bytes"]["formats"]["packed"]["bytes"] is None
+    assert "Dense network" in result.text and "dense run" in result.text
+
+
+def test_testing_an_export_refuses_another_model(runs, tmp_path, capsys):
+    out = export(runs["metaticket"], "packed", tmp_path / "m.fmpack", capsys)
+    args = ["test", str(out), "-o", "backbone.options.hidden=[8]"]
+    expect_refusal(args, capsys, "$.backbone.options.hidden", "EXPORT")

@@ -107,7 +107,7 @@ def time_forwards(sub: Subnetwork, batch: int = 64, budget_s: float = 0.5) -> di
     images = torch.rand((batch, *sub.input_shape), generator=torch.Generator().manual_seed(0))
     images = images.to(sub.dtype)
     dense = dense_copy(sub).eval()
-    sparse, why = sparse_copy(sub)
+    sparse, why = sparse_copy(sub) if not sub.dense else (None, "a dense network has no mask")
     result: dict[str, Any] = {"batch": batch, "threads": torch.get_num_threads()}
     with torch.inference_mode():
         expected = dense(images)
