@@ -200,13 +200,12 @@ def _cmd_test(args: argparse.Namespace) -> int:
     from fewmask.transforms import match_shape
 
     seed = [] if args.seed is None else [f"seed={args.seed}"]
+    overrides = [*args.override, *seed]
     if _is_file(args.run_dir):  # an export: its weights and masks in the run's Trainer
         from fewmask.export import export_trainer
 
-        overrides = [*args.override, *seed]
         trainer = export_trainer(args.run_dir, overrides, registry=default_registry())
     else:
-        overrides = [*args.override, *seed]
         trainer = build_run_trainer(args.run_dir, overrides, registry=default_registry())
     stopped = trainer.run.read_stopped()
     if stopped is not None:
