@@ -161,6 +161,9 @@ def test_the_report_agrees_with_the_run_and_measures_every_size(runs, tmp_path, 
     timing = report["cpu_forward"]
     assert timing["dense_ms"] > 0 and timing["sparse_ms"] > 0
     assert timing["max_abs_difference"] < 1e-4  # the CSR forward computes the same network
+    assert report["notes"]["packed stores"].startswith(
+        f"{sum(layer['weights'] for layer in report['layers']):,} mask bits; nothing else"
+    )
     files = [Path(p) for p in result.report_files]
     assert json.loads(files[0].read_text()) == report and "| packed |" in files[1].read_text()
 
@@ -169,6 +172,7 @@ def test_the_command_prints_the_report(runs, tmp_path, capsys):
     assert main(["export", str(runs["iterand"]), "--out", str(tmp_path / "m.fmpack")]) == 0
     out = capsys.readouterr().out
     assert "checkpoint / format" in out and "sparse CSR" in out and "exported packed" in out
+    assert "kept entries re-drawn by IteRand" in out
 
 
 # ------------------------------------------------------------------------ refused, exit 2

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from fewmask.errors import ExportError
 from fewmask.export import onnx_io, packed, safetensors_io
@@ -89,14 +90,29 @@ def measure_formats(
     sizes: dict[str, int | None] = {}
     notes: dict[str, str] = {}
     for format in SUFFIXES:
-        if format in made:
-            sizes[format] = len(made[format])
-            continue
         try:
-            sizes[format] = len(serialize(sub, format, registry=registry))
+            data = made[format] if format in made else serialize(sub, format, registry=registry)
         except ExportError as exc:
             sizes[format], notes[format] = None, str(exc).split(": ", 1)[-1][:200]
+            continue
+        sizes[format] = len(data)
+        if format == "packed":
+            notes["packed stores"] = packed_contents(data)
     return sizes, notes
+
+
+def packed_contents(data: bytes) -> str:
+    """What a packed file holds besides its masks, in words."""
+    header, _ = packed.read_header(data, "packed")
+    bits = sum(int(np.prod(m["shape"])) for m in header["masks"])
+    stored = [
+        f"{s['name']} ({s['count']:,} kept entries re-drawn by IteRand or learned)"
+        if s["kind"] == "entries"
+        else f"{s['name']} (in full: learned)"
+        for s in header["stored"]
+    ]
+    rest = "; ".join(stored) if stored else "nothing else: the seed regenerates every weight"
+    return f"{bits:,} mask bits; {rest}"
 
 
 def export_subnetwork(
