@@ -199,3 +199,12 @@ def test_a_bad_out_suffix_is_refused(model, folders, tmp_path, capsys):
     support, _, _ = folders
     args = ["adapt", str(model), "--support", str(support), "--out", str(tmp_path / "m.pt")]
     refused(args, capsys, ".safetensors or .onnx", tmp_path)
+
+
+def test_a_missing_model_is_refused(folders, tmp_path, capsys):
+    support, _, _ = folders
+    args = ["adapt", str(tmp_path / "no-run"), "--support", str(support)]
+    refused(args, capsys, "does not exist", tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    args = ["adapt", str(tmp_path / "m.onnx"), "--support", str(support)]
+    refused(args, capsys, "forward pass only", tmp_path)
