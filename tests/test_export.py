@@ -340,3 +340,13 @@ def test_testing_an_export_refuses_another_model(runs, tmp_path, capsys):
     out = export(runs["metaticket"], "packed", tmp_path / "m.fmpack", capsys)
     args = ["test", str(out), "-o", "backbone.options.hidden=[8]"]
     expect_refusal(args, capsys, "$.backbone.options.hidden", "EXPORT")
+
+
+def test_a_stopped_run_is_not_exported(runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "stopped"
+    shutil.copytree(runs["metaticket"], run)
+    (run / "stopped.json").write_text(json.dumps({"iteration": 2, "reason": "loss is nan"}))
+    assert main(["export", str(run)]) == 1
+    assert "loss is nan" in capsys.readouterr().err and not (run / "export.fmpack").exists()

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from fewmask.errors import ExportError
+from fewmask.errors import ExportError, RunStoppedError
 from fewmask.export import onnx_io, packed, safetensors_io
 from fewmask.export.regenerate import regenerate
 from fewmask.export.report import build_report, report_text, write_report
@@ -153,6 +153,13 @@ def export_run(
     if format not in SUFFIXES:
         raise ExportError(f"--format: {format!r} is not one of {', '.join(SUFFIXES)}")
     sub, trainer = read_run(run, registry=registry, what="RUN")
+    stopped = trainer.run.read_stopped() if trainer.run is not None else None
+    if stopped is not None:  # as `fewmask test` refuses it
+        raise RunStoppedError(
+            f"{run} stopped at iteration {stopped.get('iteration')}: {stopped.get('reason')}. "
+            f"Its checkpoint (iteration {sub.iteration}) is not a finished run; remove "
+            f"{trainer.run.stopped} to export that checkpoint anyway"
+        )
     target = Path(out) if out is not None else Path(run) / f"export{SUFFIXES[format]}"
     check_target(target, force)
     checkpoint = trainer.run.loaded_from if trainer.run is not None else None
