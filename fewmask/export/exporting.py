@@ -48,7 +48,9 @@ def serialize(sub: Subnetwork, format: str, *, registry: Registry) -> bytes:
         packed.unpack(data, f"{sub.source} (packed)", registry=registry)  # regenerates, verifies
         return data
     if format == "safetensors":
-        return safetensors_io.to_bytes(sub)
+        data = safetensors_io.to_bytes(sub)
+        safetensors_io.from_bytes(data, f"{sub.source} (safetensors)", registry=registry)
+        return data
     if format == "onnx":
         data = onnx_io.to_bytes(sub)
         if _installed("onnxruntime"):

@@ -69,8 +69,12 @@ def is_safetensors(path: Path) -> bool:
 
 def load_safetensors(path: Path, *, registry: Registry) -> Subnetwork:
     """The network of a safetensors export, rebuilt from its config and verified."""
+    return from_bytes(Path(path).read_bytes(), path, registry=registry)
+
+
+def from_bytes(data: bytes, path: Path | str, *, registry: Registry) -> Subnetwork:
+    """The network of a safetensors export's bytes (``path`` names it in errors)."""
     load = require("safetensors.torch").load
-    data = Path(path).read_bytes()
     try:
         tensors = load(data)
         metadata = _metadata(data)
