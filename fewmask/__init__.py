@@ -7,6 +7,7 @@ here, and plugins import nothing else from fewmask (``import-linter`` checks it)
     from fewmask import Backbone, Masker, InnerOptimizer, MetaObjective, EpisodeSampler
     from fewmask import Trainer, TrainConfig, build_trainer, create, load_config
     from fewmask import as_backbone                                   # any nn.Module
+    from fewmask import export_run, load_export, adapt                 # take a subnetwork out
 
 The functions that need a registry (``create``, ``build_trainer``, ...) use the process's
 default session unless given ``registry=`` (see :mod:`fewmask.session`).
@@ -31,6 +32,7 @@ from fewmask.errors import (
     ConfigError,
     DatasetError,
     DuplicateComponentError,
+    ExportError,
     FewmaskError,
     FewmaskWarning,
     GraphCaptureError,
@@ -41,6 +43,7 @@ from fewmask.errors import (
     RunLockedError,
     UnknownComponentError,
 )
+from fewmask.export import Subnetwork, adapt, export_run, load_export
 from fewmask.factory import RunResults
 from fewmask.interfaces import (
     Backbone,
@@ -88,6 +91,7 @@ __all__ = [
     "Engine",
     "EngineOptions",
     "Episode",
+    "ExportError",
     "EpisodeSampler",
     "ExperimentConfig",
     "FewShotDataset",
@@ -112,20 +116,24 @@ __all__ = [
     "SGDSteps",
     "ScheduledLR",
     "StepResult",
+    "Subnetwork",
     "TrainConfig",
     "Trainer",
     "UnknownComponentError",
     "WrappedBackbone",
     "__version__",
     "as_backbone",
+    "adapt",
     "build_outer_optimizer",
     "build_trainer",
     "component",
     "create",
+    "export_run",
     "default_registry",
     "hookimpl",
     "list_components",
     "load_config",
+    "load_export",
     "load_registry",
     "option",
     "reset_default_registry",

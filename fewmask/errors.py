@@ -98,3 +98,12 @@ class ResourceError(FewmaskError):
     """A run whose estimated memory exceeds what the device has (refused before allocating)."""
 
     exit_code = 2
+
+
+class ExportError(FewmaskError):
+    """An export that cannot be written or loaded as asked: a file that is truncated, tampered
+    with or regenerates another network (another torch version or device), a format the run
+    does not support, a missing optional library, or a user's image folder that cannot be
+    used."""
+
+    exit_code = 2  # the file or folder the user pointed at: bad input

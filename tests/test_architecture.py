@@ -85,7 +85,8 @@ def test_the_core_imports_without_the_optional_extras():
     """Importing fewmask and its CLI must not pull torchvision, timm or the experiments."""
     code = (
         "import sys, fewmask, fewmask.cli\n"
-        "optional = ('torchvision', 'timm', 'fewmask.experiments')\n"
+        "optional = ('torchvision', 'timm', 'fewmask.experiments', 'safetensors', 'onnx',\n"
+        "            'onnxruntime')\n"
         "print(sorted(m for m in optional if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -151,7 +151,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     from fewmask.training.evaluation import meta_test
 
     seed = [] if args.seed is None else [f"seed={args.seed}"]
-    trainer = build_run_trainer(args.run_dir, [*args.override, *seed], registry=default_registry())
+    overrides = [*args.override, *seed]
+    if _is_file(args.run_dir):  # an export: its weights and masks in the run's Trainer
+        from fewmask.export import export_trainer
+
+        trainer = export_trainer(args.run_dir, overrides, registry=default_registry())
+    else:
+        trainer = build_run_trainer(args.run_dir, overrides, registry=default_registry())
     stopped = trainer.run.read_stopped()
     if stopped is not None:
         raise RunStoppedError(
@@ -181,6 +187,43 @@ def cmd_test(args: argparse.Namespace) -> int:
     )
     results = {**result.to_dict(), "dataset_options": options}
     print(f"results: {trainer.run.write_test_results(results)}")
+    return 0
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fewmask.export import export_run
+
+    result = export_run(args.run_dir, args.format, args.out, force=args.force)
+    print(result.text, end="")
+    report = ", ".join(str(p) for p in result.report_files)
+    print(f"exported {args.format}: {result.path} (report: {report})")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from fewmask.export import adapt
+
+    result = adapt(
+        args.model,
+        args.support,
+        args.query,
+        out=args.out,
+        predictions=args.predictions,
+        rebuild_head=args.rebuild_head,
+        force=args.force,
+    )
+    print(f"adapted to {len(result.classes)} classes ({', '.join(result.classes)}); {result.head}")
+    if result.accuracy is not None:
+        print(f"query accuracy: {100 * result.accuracy:.2f} % ({len(result.predictions)} images)")
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The ``fewmask`` command: plugins, validate, train, test.
+"""The ``fewmask`` command: plugins, validate, train, test, export, adapt.
 
 Exit status: 0 success, 2 bad input (configuration, usage, a missing or malformed dataset, a run
 folder in use or unusable, a run too large for the device), 1 a failure at run time (checkpoint,
@@ -140,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing run in run_dir")
     p.set_defaults(func=commands.cmd_train)
 
-    p = sub.add_parser("test", help="meta-test the checkpoint of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("test", help="meta-test the checkpoint of a run, or an export of it")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run folder, or its packed or safetensors export"
+    )
     p.add_argument("--episodes", type=int, help="number of test episodes (default: the run's)")
     p.add_argument("--seed", type=int, help="episode seed (default: the run's)")
     p.add_argument("--dataset", help="meta-test on this dataset's test split (cross-domain)")
@@ -153,6 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--override", **override)
     p.set_defaults(func=commands.cmd_test)
+
+    p = sub.add_parser("export", help="write a run's subnetwork: packed, safetensors or onnx")
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--format", choices=("packed", "safetensors", "onnx"), default="packed")
+    p.add_argument("--out", metavar="FILE", help="default: RUN/export.{fmpack,safetensors,onnx}")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+    p.set_defaults(func=commands.cmd_export)
+
+    p = sub.add_parser("adapt", help="adapt a run or export to your own labelled images")
+    p.add_argument(
+        "model", metavar="MODEL", help="a run folder, or its packed or safetensors export"
+    )
+    p.add_argument("--support", required=True, metavar="DIR", help="DIR/<class>/*.png|jpg")
+    p.add_argument(
+        "--query", metavar="DIR", help="images to classify (labelled like --support, or not)"
+    )
+    p.add_argument("--out", metavar="FILE", help="save the adapted network (.safetensors or .onnx)")
+    p.add_argument("--predictions", metavar="CSV", help="default with --query: predictions.csv")
+    p.add_argument(
+        "--rebuild-head",
+        action="store_true",
+        help="a fresh head of as many outputs as classes (default: the run's head, same ways)",
+    )
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.set_defaults(func=commands.cmd_adapt)
 
     p = sub.add_parser(
         "experiment",

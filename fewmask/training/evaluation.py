@@ -33,6 +33,7 @@ class MetaTestResult:
     loss: float
     episodes: int
     sparsity: float
+    sparsity_layers: Mapping[str, float]  # the final masks' sparsity per layer
     ways: int
     shots: int
     queries: int
@@ -74,7 +75,7 @@ def meta_test(
         for label, other in trainer.cross_domain.items():
             measured = trainer.evaluate(label, episodes, dataset=other, progress=progress)
             others[label] = DomainResult(measured.mean, measured.ci95, measured.episodes)
-    _, sparsity = mask_sparsity(trainer.masker)
+    per_layer, sparsity = mask_sparsity(trainer.masker)
     threads = trainer.threads.threads if trainer.threads is not None else None
     return MetaTestResult(
         split=split,
@@ -84,6 +85,7 @@ def meta_test(
         loss=result.loss,
         episodes=result.episodes,
         sparsity=sparsity,
+        sparsity_layers=per_layer,
         ways=trainer.sampler.ways,
         shots=trainer.sampler.shots,
         queries=trainer.sampler.queries,

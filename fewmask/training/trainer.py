@@ -512,6 +512,8 @@ class Trainer:
         metrics = {f"test/{k}": results[k] for k in ("accuracy", "ci95", "loss", "sparsity")}
         for tag, value in metrics.items():
             self.logger.scalar(tag, value, self.iteration)
+        for name, value in results.get("sparsity_layers", {}).items():
+            self.logger.scalar(f"test/sparsity/{name}", value, self.iteration)
         self.logger.hparams(run_hparams(self.config, self.train_config, self.threads), metrics)
 
 
