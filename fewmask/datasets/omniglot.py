@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fewmask.datasets import layout
-from fewmask.datasets.base import CachedSource, CachedSourceConfig
+from fewmask.datasets.base import CachedSource, CachedSourceConfig, DownloadableConfig
 from fewmask.datasets.images import Arrays, decode_image, rotated_classes
 from fewmask.errors import DatasetError
 from fewmask.options import option
@@ -50,7 +50,7 @@ Classes = dict[str, Path | list[Member]]
 
 
 @attrs.frozen
-class OmniglotConfig(CachedSourceConfig):
+class OmniglotConfig(DownloadableConfig):
     """Options of ``omniglot``."""
 
     split_scheme: str = option(
@@ -84,6 +84,7 @@ class OmniglotSource(CachedSource):
     name = NAME
     layout = LAYOUT
     after_cache = ("rotations",)
+    downloads = "omniglot"
 
     def __init__(self, config: OmniglotConfig):
         super().__init__(config)
