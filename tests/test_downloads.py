@@ -20,6 +20,7 @@ import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -522,3 +523,21 @@ def test_the_table_agrees_with_torchvision():
         assert table[name].url == tv.Flowers102._download_url_prefix + name
     aircraft = table["fgvc-aircraft-2013b.tar.gz"]
     assert aircraft.url == tv.FGVCAircraft._URL and aircraft.checksums == {}
+
+
+def test_the_command_exits_2_with_one_message(tmp_path, capsys):
+    from fewmask.cli import main
+
+    dead = refused_url()
+    root = tmp_path / "cifar"
+    dataset = (
+        f"dataset={{name: cifar_fs, options: {{root: {root}, download: true, mirror: {dead}}}}}"
+    )
+    config = str(Path(__file__).parents[1] / "examples" / "metaticket_glyphs.yaml")
+    code = main(["train", config, "-o", dataset, "-o", f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert (
+        f"fewmask: DownloadError: cifar_fs: cannot download {dead}/cifar-100-python.tar.gz" in err
+    )
+    assert "connection refused" in err and "ROOT/cifar-100-python/train" in err

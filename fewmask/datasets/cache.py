@@ -16,6 +16,7 @@ atomic (temporary file, then ``os.replace``); the ``.pt`` file is written last a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -116,7 +117,8 @@ def write_cache(path: Path, source_fingerprint: str, arrays: Arrays) -> None:
             np.save(file, images.contiguous().numpy(), allow_pickle=False)
         write_index(path, source_fingerprint, images_file, tuple(images.shape), labels, names)
     except OSError as exc:
-        images_file.unlink(missing_ok=True)  # ours, and no index names it
+        with contextlib.suppress(OSError):  # ours, and no index names it
+            images_file.unlink(missing_ok=True)
         warnings.warn(
             f"fewmask: cannot write the dataset cache {path} ({exc}); set cache_dir or "
             "FEWMASK_CACHE to a writable folder to avoid decoding again",

@@ -219,7 +219,12 @@ def unpack(
         for entry in sorted(staging.iterdir()):
             target = folder / entry.name
             if not target.exists():
-                os.replace(entry, target)  # same file system: one atomic rename per entry
+                try:
+                    os.replace(entry, target)  # same file system: one atomic rename per entry
+                except OSError:
+                    if not target.exists():
+                        raise
+                    # another process (a torchrun rank) unpacked the same archive first
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
