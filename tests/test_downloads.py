@@ -541,3 +541,31 @@ def test_the_command_exits_2_with_one_message(tmp_path, capsys):
         f"fewmask: DownloadError: cifar_fs: cannot download {dead}/cifar-100-python.tar.gz" in err
     )
     assert "connection refused" in err and "ROOT/cifar-100-python/train" in err
+
+
+def test_a_file_url_mirror_works_offline(tmp_path):
+    """A shared folder holding the original files serves as a mirror (``file://``), with the
+    table's own checksums: here the fixture's, set as the table's."""
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    resources = []
+    for name, body in fashion_files().items():
+        (shelf / name).write_bytes(body)
+        (resource,) = [r for r in downloads.DOWNLOADS["fashion_mnist"] if r.filename == name]
+        resources.append(resource._replace(md5=hashlib.md5(body).hexdigest()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(downloads.DOWNLOADS, "fashion_mnist", tuple(resources))
+        root = tmp_path / "fm"
+        config = FashionMNISTConfig(root=str(root), download=True, mirror=shelf.as_uri())
+        assert FashionMNISTSource(config).load("test").num_classes == 10
+    assert sorted(p.name for p in (root / "FashionMNIST" / "raw").iterdir()) == sorted(
+        fashion_files()
+    )
+
+
+def test_a_mirror_must_be_a_url(monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match=r"\$\.mirror: must be an http://, https:// or file://"):
+        CifarFSSource(CifarFSConfig(root=str(tmp_path), mirror="ftp.example.org/cifar"))
+    monkeypatch.setenv(downloads.MIRROR_ENV, "/srv/mirror")
+    with pytest.raises(DownloadError, match=r"\$FEWMASK_MIRROR must be an http://"):
+        CifarFSSource(CifarFSConfig(root=str(tmp_path / "c"), download=True)).load("train")

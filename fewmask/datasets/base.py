@@ -3,7 +3,8 @@
 A loader says which files make up a split and how to decode them; ``load`` does the rest, the
 same way for every dataset:
 
-1. check the split name against ``splits``;
+1. check the split name against ``splits``; with ``download: true``, fetch what is missing
+   into ``root`` (``downloads.py``);
 2. list the split's ``source_files`` (cheap: listings and ``stat``) and fingerprint them
    (sorted paths, sizes, modification times);
 3. read the decoded uint8 tensors from the cache when the fingerprint matches; otherwise
@@ -96,6 +97,13 @@ class DownloadableConfig(CachedSourceConfig):
         help="base URL holding the dataset's files to download from instead of the official "
         "ones (<mirror>/<file name>); default $FEWMASK_MIRROR/<dataset>/, else the official URLs",
     )
+
+    def check(self) -> dict[str, str]:
+        problems = CachedSourceConfig.check(self)
+        problem = downloads.check_mirror(self.mirror)
+        if problem:
+            problems["mirror"] = problem
+        return problems
 
 
 class CachedSource(DatasetSource):

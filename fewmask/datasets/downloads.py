@@ -119,12 +119,25 @@ NOTES = {
 }
 
 
+SCHEMES = ("http://", "https://", "file://")
+
+
+def check_mirror(mirror: str | None) -> str | None:
+    """Why ``mirror`` is not a usable base URL, or None when it is (or is not set)."""
+    if mirror is not None and not str(mirror).strip().lower().startswith(SCHEMES):
+        return f"must be an http://, https:// or file:// URL, got {mirror!r}"
+    return None
+
+
 def url_of(key: str, resource: Resource, mirror: str | None) -> str:
     """Where ``resource`` is fetched from: ``mirror``, else ``$FEWMASK_MIRROR``, else the table."""
     if mirror:
         return f"{mirror.rstrip('/')}/{resource.filename}"
     env = os.environ.get(MIRROR_ENV, "").strip()
     if env:
+        problem = check_mirror(env)
+        if problem:
+            raise DownloadError(f"${MIRROR_ENV} {problem}")
         return f"{env.rstrip('/')}/{key}/{resource.filename}"
     return resource.url
 

@@ -11,7 +11,7 @@ import attrs
 import numpy as np
 import torch
 
-from fewmask.datasets.base import CachedSource, CachedSourceConfig, DownloadableConfig
+from fewmask.datasets.base import CachedSource, DownloadableConfig
 from fewmask.datasets.images import Arrays, resize_array, with_channels
 from fewmask.errors import DatasetError
 from fewmask.options import option
@@ -59,7 +59,7 @@ class FashionMNISTConfig(DownloadableConfig):
     channels: int = option(1, ge=1, le=3, help="1: grayscale; 3: replicated to RGB (2 is rejected)")
 
     def check(self) -> dict[str, str]:
-        problems = CachedSourceConfig.check(self)
+        problems = DownloadableConfig.check(self)
         if self.channels == 2:
             problems["channels"] = "must be 1 (grayscale) or 3 (RGB), got 2"
         if self.download and not self.root:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fewmask.datasets import layout
-from fewmask.datasets.base import CachedSource, CachedSourceConfig, DownloadableConfig
+from fewmask.datasets.base import CachedSource, DownloadableConfig
 from fewmask.datasets.images import Arrays, decode_image, rotated_classes
 from fewmask.errors import DatasetError
 from fewmask.options import option
@@ -70,7 +70,7 @@ class OmniglotConfig(DownloadableConfig):
     image_size: int = option(28, ge=4, help="side length after resizing (PIL BILINEAR)")
 
     def check(self) -> dict[str, str]:
-        problems = CachedSourceConfig.check(self)
+        problems = DownloadableConfig.check(self)
         if self.split_scheme == "lake" and self.split_file:
             problems["split_file"] = (
                 "replaces the Vinyals lists; it cannot be combined with split_scheme 'lake'"
