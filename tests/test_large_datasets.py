@@ -227,3 +227,72 @@ def test_an_unwritable_cache_warns_and_leaves_no_images_file(tiny, monkeypatch):
     assert np.array_equal(data.images.numpy(), images)
     assert any("cannot write the dataset cache" in str(w.message) for w in caught)
     assert list((cache_dir / "tiny").glob("*")) == []
+
+
+# ----------------------------------------------------------------------------- decoding into it
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """``ROOT/{train,val,test}/<class>/*.png``: 3 classes x 3 images per split."""
+    from PIL import Image
+
+    root = tmp_path / "folders"
+    for split in ("train", "val", "test"):
+        for c in range(3):
+            for i in range(3):
+                path = root / split / f"class{c}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (10, 8), (80 * c, 20 * i, 7)).save(path)
+    return root
+
+
+def mapping_of(tensor: torch.Tensor) -> tuple[str, str] | None:
+    """``(permissions, file)`` of the mapping holding ``tensor``'s data, if it is a file's."""
+    address = tensor.data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return fields[1], fields[-1] if len(fields) > 5 else ""
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_a_split_is_decoded_straight_into_its_cache_file(folders, tmp_path, monkeypatch):
+    """Decoders that allocate with ``new_images`` (image files, archives) write the split into
+    the cache's own memory-mapped file: no in-memory copy of the whole split, no second write;
+    the first load already returns the read-only mapping."""
+    from fewmask.datasets import ImageFolderConfig, ImageFolderSource
+
+    monkeypatch.setattr(cache.np, "save", lambda *a, **k: pytest.fail("a second copy"))
+    config = ImageFolderConfig(root=str(folders), image_size=8, cache_dir=str(tmp_path / "c"))
+    data = ImageFolderSource(config).load("train")
+    (npy,) = (tmp_path / "c" / "image_folder").glob("train-*.npy")
+    assert mapping_of(data.images) == ("r--s", str(npy))
+    assert data.images.shape == (9, 3, 8, 8)
+    assert data.images[:, 0, 0, 0].tolist() == [0, 0, 0, 80, 80, 80, 160, 160, 160]
+    assert data.images[:3, 1, 0, 0].tolist() == [0, 20, 40]
+
+
+def test_a_decode_that_fails_halfway_leaves_no_images_file(folders, tmp_path, monkeypatch):
+    from fewmask.datasets import ImageFolderConfig, ImageFolderSource
+    from fewmask.datasets import images as images_module
+    from fewmask.errors import DatasetError
+
+    real, calls = images_module.decode_image, []
+
+    def fail_on_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise DatasetError("image_folder: cannot decode image x.png: truncated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(images_module, "decode_image", fail_on_the_fifth)
+    config = ImageFolderConfig(root=str(folders), image_size=8, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DatasetError, match="truncated"):
+        ImageFolderSource(config).load("train")
+    assert list((tmp_path / "c").rglob("*.npy")) == []
+    monkeypatch.undo()
+    assert ImageFolderSource(config).load("train").images.shape == (9, 3, 8, 8)

@@ -55,7 +55,7 @@ import attrs
 import torch
 
 from fewmask.datasets import cache, downloads, layout
-from fewmask.datasets.images import Arrays
+from fewmask.datasets.images import Arrays, allocating_with
 from fewmask.errors import ConfigError, DatasetError
 from fewmask.interfaces import DatasetSource, FewShotDataset
 from fewmask.options import check_values, option
@@ -201,8 +201,14 @@ class CachedSource(DatasetSource):
         path = cache.cache_path(self.config.cache_dir, self.name, self.cache_key(split))
         arrays = cache.read_cache(path, fingerprint)
         if arrays is None:
-            arrays = self._decoded(split)
-            cache.write_cache(path, fingerprint, arrays)
+            target = cache.ImagesFile(path)  # decoders that use new_images write into it
+            try:
+                with allocating_with(target.allocate):
+                    arrays = self._decoded(split)
+            except BaseException:
+                target.discard()
+                raise
+            arrays = cache.write_cache(path, fingerprint, arrays, target)
         return arrays
 
     def _decoded(self, split: str) -> Arrays:

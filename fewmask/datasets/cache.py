@@ -104,27 +104,87 @@ def map_images(file: Path, shape: Any) -> torch.Tensor | None:
         return torch.from_numpy(array)
 
 
-def write_cache(path: Path, source_fingerprint: str, arrays: Arrays) -> None:
-    """Store ``arrays`` atomically: the images as ``<stem>.<token>.npy``, then ``path``.
+class ImagesFile:
+    """The images file of one cache entry being decoded: :meth:`allocate` (given to
+    ``images.allocating_with``) maps a new ``.npy`` file for the decoder to fill, so a split
+    is written to the cache as it is decoded instead of being held in memory first."""
 
-    A cache folder that cannot be written costs a warning, never the run.
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: Path | None = None
+        self.array: np.ndarray | None = None
+
+    def allocate(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable memory-mapped uint8 array in the cache (memory if it cannot be made)."""
+        if self.array is not None:  # one file per entry: a second array is ordinary memory
+            return np.empty(shape, dtype=np.uint8)
+        file = images_file_for(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.array = np.lib.format.open_memmap(file, "w+", np.uint8, shape)
+        except OSError:  # write_cache warns about the folder
+            return np.empty(shape, dtype=np.uint8)
+        self.file = file
+        return self.array
+
+    def holds(self, images: torch.Tensor) -> bool:
+        """Whether ``images`` is exactly the mapped array (the decoder returned it as is)."""
+        return (
+            self.array is not None
+            and images.is_contiguous()
+            and tuple(images.shape) == self.array.shape
+            and images.data_ptr() == self.array.ctypes.data
+        )
+
+    def discard(self) -> None:
+        """Remove the file (fewmask's own; no index names it)."""
+        self.array = None
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.unlink(missing_ok=True)
+            self.file = None
+
+
+def write_cache(
+    path: Path, source_fingerprint: str, arrays: Arrays, decoded_into: ImagesFile | None = None
+) -> Arrays:
+    """Store ``arrays`` atomically (the images as ``<stem>.<token>.npy``, then ``path``) and
+    return them as later loads will see them: read back, the images mapped read-only.
+
+    ``decoded_into``: the :class:`ImagesFile` the decoder wrote into; when the images are that
+    array, its file becomes the entry's images file without another copy. A cache folder that
+    cannot be written costs a warning, never the run (the decoded arrays are returned).
     """
     images, labels, names = arrays
-    images_file = images_file_for(path)
+    shape = tuple(images.shape)
+    images_file: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _atomic(images_file) as file:
-            np.save(file, images.contiguous().numpy(), allow_pickle=False)
-        write_index(path, source_fingerprint, images_file, tuple(images.shape), labels, names)
+        if decoded_into is not None and decoded_into.holds(images):
+            assert decoded_into.array is not None and decoded_into.file is not None
+            decoded_into.array.flush()
+            images_file = decoded_into.file
+        else:
+            if decoded_into is not None:
+                decoded_into.discard()
+            images_file = images_file_for(path)
+            with _atomic(images_file) as file:
+                np.save(file, images.contiguous().numpy(), allow_pickle=False)
+        write_index(path, source_fingerprint, images_file, shape, labels, names)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # ours, and no index names it
-            images_file.unlink(missing_ok=True)
+        if decoded_into is not None:
+            decoded_into.discard()  # the mapping stays valid for the arrays returned
+        if images_file is not None:
+            with contextlib.suppress(OSError):  # ours, and no index names it
+                images_file.unlink(missing_ok=True)
         warnings.warn(
             f"fewmask: cannot write the dataset cache {path} ({exc}); set cache_dir or "
             "FEWMASK_CACHE to a writable folder to avoid decoding again",
             RuntimeWarning,
             stacklevel=3,
         )
+        return arrays
+    return read_cache(path, source_fingerprint) or arrays
 
 
 def images_file_for(path: Path) -> Path:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from fewmask.datasets import layout
 from fewmask.datasets.base import CachedSource, DownloadableConfig
-from fewmask.datasets.images import Arrays, fit_image
+from fewmask.datasets.images import Arrays, fit_image, new_images
 from fewmask.errors import DatasetError
 from fewmask.options import option
 
@@ -76,7 +76,7 @@ def decode_cropped(path: Path, box: Box | None, dataset: str, size: int) -> np.n
 def decode_items(items: Items, dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every ``(file, box)`` of every class; labels = class position."""
     total = sum(len(group) for group in items)
-    images = np.empty((total, 3, size, size), dtype=np.uint8)
+    images = new_images((total, 3, size, size))
     labels = np.empty(total, dtype=np.int64)
     i = 0
     for label, group in enumerate(items):

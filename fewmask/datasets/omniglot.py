@@ -19,7 +19,7 @@ import torch
 
 from fewmask.datasets import layout
 from fewmask.datasets.base import CachedSource, DownloadableConfig
-from fewmask.datasets.images import Arrays, decode_image, rotated_classes
+from fewmask.datasets.images import Arrays, decode_image, new_images, rotated_classes
 from fewmask.errors import DatasetError
 from fewmask.options import option
 
@@ -109,7 +109,7 @@ class OmniglotSource(CachedSource):
         classes = self._classes(split)
         size = self.config.image_size
         total = sum(len(items) for _, items in classes)
-        images = np.empty((total, 1, size, size), dtype=np.uint8)
+        images = new_images((total, 1, size, size))
         labels = np.empty(total, dtype=np.int64)
         i = 0
         with ExitStack() as stack:
