@@ -296,3 +296,24 @@ def test_a_decode_that_fails_halfway_leaves_no_images_file(folders, tmp_path, mo
     assert list((tmp_path / "c").rglob("*.npy")) == []
     monkeypatch.undo()
     assert ImageFolderSource(config).load("train").images.shape == (9, 3, 8, 8)
+
+
+def test_a_write_keeps_the_images_file_of_a_write_that_started_later(tiny):
+    """Two processes decoding one split at once (torchrun ranks) do not delete each other's
+    file in progress: a write removes only the files of writes that started before it."""
+    root, _, cache_dir = tiny
+    config = CachedSourceConfig(root=str(root), cache_dir=str(cache_dir))
+    source = Tiny(config)
+    path = cache.cache_path(str(cache_dir), "tiny", source.cache_key("train"))
+    earlier = cache.images_file_for(path)
+    path.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an abandoned write")
+    source.load("train")
+    later = cache.images_file_for(path)
+    later.write_bytes(b"another process, still decoding")
+    (ours,) = [f for f in path.parent.glob("train-*.npy") if f != later]
+    assert not earlier.exists() and later.exists()
+    os.utime(root / "source.npy", ns=(9, 9))  # changed source: a new write starts after both
+    Tiny(config).load("train")
+    (newest,) = path.parent.glob("train-*.npy")
+    assert newest not in (ours, later)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -188,8 +189,18 @@ def write_cache(
 
 
 def images_file_for(path: Path) -> Path:
-    """A new name for the images file of the entry ``path``: ``<stem>.<token>.npy``."""
-    return path.with_name(f"{path.stem}.{os.urandom(6).hex()}.npy")
+    """A new name for the images file of the entry ``path``:
+    ``<stem>.<start time in ns, hex>-<random>.npy`` (the time orders concurrent writes)."""
+    return path.with_name(f"{path.stem}.{time.time_ns():x}-{os.urandom(4).hex()}.npy")
+
+
+def _started(file: Path, stem: str) -> int:
+    """The start time written in an images file's name (0 for a name without one)."""
+    token = file.name[len(stem) + 1 : -len(".npy")]
+    try:
+        return int(token.split("-")[0], 16)
+    except ValueError:
+        return 0
 
 
 def write_index(
@@ -201,7 +212,9 @@ def write_index(
     names: Iterable[str],
 ) -> None:
     """Write the entry's ``.pt`` file naming ``images_file`` (already complete: a uint8
-    ``.npy`` array of ``shape``), then remove the entry's older images files (fewmask's own).
+    ``.npy`` array of ``shape``), then remove the entry's images files of writes that started
+    earlier (fewmask's own). Files of writes started later (another process decoding the same
+    split right now) are left to that writer.
 
     For a split too large to decode in memory, write the images into
     ``numpy.lib.format.open_memmap(images_file, "w+", np.uint8, shape)`` piece by piece,
@@ -217,8 +230,9 @@ def write_index(
     }
     with _atomic(path) as file:
         torch.save(entry, file)
+    ours = _started(images_file, path.stem)
     for old in path.parent.glob(f"{path.stem}.*.npy"):
-        if old.name != images_file.name:
+        if old.name != images_file.name and _started(old, path.stem) < ours:
             old.unlink(missing_ok=True)
 
 
