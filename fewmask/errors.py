@@ -72,6 +72,12 @@ class DatasetError(FewmaskError):
     exit_code = 2  # the data the user pointed at: bad input, like a config
 
 
+class DownloadError(DatasetError):
+    """A dataset download (``download: true``) that failed: no network, an HTTP error, a
+    truncated file or a checksum mismatch. The message names the URL, the partial file fewmask
+    removed, and the layout to place the files in by hand."""
+
+
 class NonFiniteError(FewmaskError, FloatingPointError):
     """A NaN or Inf loss, gradient or meta-parameter during meta-training."""
 

@@ -3,9 +3,11 @@
 Every loader subclasses :class:`~fewmask.datasets.base.CachedSource` (public as
 ``fewmask.CachedSource``): it checks the layout it reads, raises a
 :class:`fewmask.errors.DatasetError` naming the path and showing the expected layout, and caches
-decoded splits as uint8 tensors under ``cache_dir`` / ``$FEWMASK_CACHE`` / ``~/.cache/fewmask``.
-No loader downloads anything (docs/datasets-disk.md). The standard class splits ship in
-``splits/`` (MIT / Apache-2.0; each file names its source), the glyph sets in ``data/``.
+decoded splits as memory-mapped uint8 arrays under ``cache_dir`` / ``$FEWMASK_CACHE`` /
+``~/.cache/fewmask``. The loaders whose data has a public home fetch it into ``root`` on
+``download: true`` (``downloads.py``, ``fetch.py``; docs/datasets.md). The standard class
+splits ship in ``splits/`` (MIT / Apache-2.0; each file names its source), the glyph sets in
+``data/``.
 """
 
 from __future__ import annotations

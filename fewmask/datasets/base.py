@@ -3,7 +3,8 @@
 A loader says which files make up a split and how to decode them; ``load`` does the rest, the
 same way for every dataset:
 
-1. check the split name against ``splits``;
+1. check the split name against ``splits``; with ``download: true``, fetch what is missing
+   into ``root`` (``downloads.py``);
 2. list the split's ``source_files`` (cheap: listings and ``stat``) and fingerprint them
    (sorted paths, sizes, modification times);
 3. read the decoded uint8 tensors from the cache when the fingerprint matches; otherwise
@@ -53,8 +54,8 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from fewmask.datasets import cache, layout
-from fewmask.datasets.images import Arrays
+from fewmask.datasets import cache, downloads, layout
+from fewmask.datasets.images import Arrays, allocating_with
 from fewmask.errors import ConfigError, DatasetError
 from fewmask.interfaces import DatasetSource, FewShotDataset
 from fewmask.options import check_values, option
@@ -81,6 +82,30 @@ class CachedSourceConfig:
         return {}
 
 
+@attrs.frozen
+class DownloadableConfig(CachedSourceConfig):
+    """:class:`CachedSourceConfig` plus ``download`` and ``mirror``, for the loaders whose data
+    has a public home (``fewmask.datasets.downloads.DOWNLOADS``)."""
+
+    download: bool = option(
+        False,
+        help="fetch whatever of the dataset is missing into root (created if needed), verify its "
+        "checksums, unpack it; then load as usual (docs/datasets.md)",
+    )
+    mirror: str | None = option(
+        None,
+        help="base URL holding the dataset's files to download from instead of the official "
+        "ones (<mirror>/<file name>); default $FEWMASK_MIRROR/<dataset>/, else the official URLs",
+    )
+
+    def check(self) -> dict[str, str]:
+        problems = CachedSourceConfig.check(self)
+        problem = downloads.check_mirror(self.mirror)
+        if problem:
+            problems["mirror"] = problem
+        return problems
+
+
 class CachedSource(DatasetSource):
     """Loads a split by decoding its source files once into a cached uint8 tensor file.
 
@@ -95,6 +120,8 @@ class CachedSource(DatasetSource):
     after_cache: ClassVar[tuple[str, ...]] = ()
     """Options that :meth:`finish` applies: left out of the cache key."""
     cached: ClassVar[bool] = True
+    downloads: ClassVar[str] = ""
+    """Key of ``fewmask.datasets.downloads.DOWNLOADS`` that ``download: true`` fetches."""
 
     def __init__(self, config: Any) -> None:
         problems = check_values(config)
@@ -122,6 +149,7 @@ class CachedSource(DatasetSource):
     def load(self, split: str) -> FewShotDataset:
         """The split, from the cache when its source is unchanged; see the module docstring."""
         self.check_split(split)
+        self.download()
         try:
             arrays = self._from_cache(split) if self.cached else self._decoded(split)
         except OSError as exc:  # e.g. a permission problem the loader did not anticipate
@@ -135,6 +163,14 @@ class CachedSource(DatasetSource):
             name=f"{self.name}/{split}",
         )
 
+    def download(self) -> None:
+        """Fetch the data into ``root`` when the config says ``download: true`` (a no-op when
+        everything is in place already)."""
+        if self.downloads and getattr(self.config, "download", False):
+            downloads.ensure(
+                self.downloads, self.config.root, self.config.mirror, self.name, self.layout
+            )
+
     def check_split(self, split: str) -> None:
         """Raise for a split name this source does not serve, listing the valid ones."""
         if split not in self.splits:
@@ -144,9 +180,9 @@ class CachedSource(DatasetSource):
 
     def cache_key(self, split: str) -> dict[str, Any]:
         """What tells cache files apart: the split and every option (``root`` made absolute)
-        except ``cache_dir`` and ``after_cache``."""
+        except ``cache_dir``, ``download``, ``mirror`` and ``after_cache``."""
         options = attrs.asdict(self.config)
-        for field in ("cache_dir", *self.after_cache):
+        for field in ("cache_dir", "download", "mirror", *self.after_cache):
             options.pop(field, None)
         if options.get("root"):
             options["root"] = str(Path(options["root"]).expanduser().resolve())
@@ -165,8 +201,14 @@ class CachedSource(DatasetSource):
         path = cache.cache_path(self.config.cache_dir, self.name, self.cache_key(split))
         arrays = cache.read_cache(path, fingerprint)
         if arrays is None:
-            arrays = self._decoded(split)
-            cache.write_cache(path, fingerprint, arrays)
+            target = cache.ImagesFile(path)  # decoders that use new_images write into it
+            try:
+                with allocating_with(target.allocate):
+                    arrays = self._decoded(split)
+            except BaseException:
+                target.discard()
+                raise
+            arrays = cache.write_cache(path, fingerprint, arrays, target)
         return arrays
 
     def _decoded(self, split: str) -> Arrays:

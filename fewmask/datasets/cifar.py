@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fewmask.datasets import layout
-from fewmask.datasets.base import CachedSource, CachedSourceConfig
+from fewmask.datasets.base import CachedSource, DownloadableConfig
 from fewmask.datasets.images import Arrays
 from fewmask.datasets.pickles import load_pickle
 from fewmask.errors import DatasetError
@@ -24,7 +24,7 @@ LAYOUT = """\
 
 
 @attrs.frozen
-class CifarFSConfig(CachedSourceConfig):
+class CifarFSConfig(DownloadableConfig):
     """Options of ``cifar_fs`` (Bertinetto et al. 64/16/20 classes)."""
 
     split_file: str | None = option(
@@ -44,6 +44,7 @@ class CifarFSSource(CachedSource):
 
     name = "cifar_fs"
     layout = LAYOUT
+    downloads = "cifar100"
 
     def source_files(self, split: str) -> list[Path]:
         folder = self._folder()

@@ -11,7 +11,7 @@ import attrs
 import numpy as np
 import torch
 
-from fewmask.datasets.base import CachedSource, CachedSourceConfig
+from fewmask.datasets.base import CachedSource, DownloadableConfig
 from fewmask.datasets.images import Arrays, resize_array, with_channels
 from fewmask.errors import DatasetError
 from fewmask.options import option
@@ -48,7 +48,7 @@ LAYOUT = """\
 
 
 @attrs.frozen
-class FashionMNISTConfig(CachedSourceConfig):
+class FashionMNISTConfig(DownloadableConfig):
     """Options of ``fashion_mnist``."""
 
     root: str | None = option(
@@ -59,9 +59,11 @@ class FashionMNISTConfig(CachedSourceConfig):
     channels: int = option(1, ge=1, le=3, help="1: grayscale; 3: replicated to RGB (2 is rejected)")
 
     def check(self) -> dict[str, str]:
-        problems = CachedSourceConfig.check(self)
+        problems = DownloadableConfig.check(self)
         if self.channels == 2:
             problems["channels"] = "must be 1 (grayscale) or 3 (RGB), got 2"
+        if self.download and not self.root:
+            problems["download"] = "needs root, the folder to download into"
         return problems
 
 
@@ -113,6 +115,7 @@ class FashionMNISTSource(CachedSource):
     name = NAME
     layout = LAYOUT
     after_cache = ("channels",)
+    downloads = "fashion_mnist"
 
     def cache_key(self, split: str) -> dict:
         return super().cache_key("all")  # every split is the same data: one cache file

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from fewmask.datasets import layout
-from fewmask.datasets.base import CachedSource, CachedSourceConfig
-from fewmask.datasets.images import Arrays, fit_image
+from fewmask.datasets.base import CachedSource, DownloadableConfig
+from fewmask.datasets.images import Arrays, fit_image, new_images
 from fewmask.errors import DatasetError
 from fewmask.options import option
 
@@ -76,7 +76,7 @@ def decode_cropped(path: Path, box: Box | None, dataset: str, size: int) -> np.n
 def decode_items(items: Items, dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every ``(file, box)`` of every class; labels = class position."""
     total = sum(len(group) for group in items)
-    images = np.empty((total, 3, size, size), dtype=np.uint8)
+    images = new_images((total, 3, size, size))
     labels = np.empty(total, dtype=np.int64)
     i = 0
     for label, group in enumerate(items):
@@ -210,7 +210,7 @@ class FineGrainedSource(CachedSource):
 
 
 @attrs.frozen
-class AircraftConfig(CachedSourceConfig):
+class AircraftConfig(DownloadableConfig):
     """Options of ``aircraft`` (FGVC-Aircraft 2013b, 100 variants, bbox-cropped)."""
 
     split_file: str | None = option(
@@ -226,6 +226,7 @@ class AircraftSource(FineGrainedSource):
 
     name = "aircraft"
     layout = AIRCRAFT_LAYOUT
+    downloads = "aircraft"
     numeric = False
     metadata = (*VARIANT_FILES, "images_box.txt")
 
@@ -287,7 +288,7 @@ class AircraftSource(FineGrainedSource):
 
 
 @attrs.frozen
-class VggFlowerConfig(CachedSourceConfig):
+class VggFlowerConfig(DownloadableConfig):
     """Options of ``vgg_flower`` (Oxford 102 Flowers: jpg/ + imagelabels.mat, or class folders)."""
 
     split_file: str | None = option(
@@ -303,6 +304,7 @@ class VggFlowerSource(FineGrainedSource):
 
     name = "vgg_flower"
     layout = FLOWER_LAYOUT
+    downloads = "vgg_flower"
     metadata = ("imagelabels.mat",)
 
     def _native_folder(self, root: Path) -> Path | None:
@@ -339,7 +341,7 @@ class VggFlowerSource(FineGrainedSource):
 
 
 @attrs.frozen
-class CarsConfig(CachedSourceConfig):
+class CarsConfig(DownloadableConfig):
     """Options of ``cars`` (Stanford Cars: cars_train/ + devkit, bbox-cropped, or class folders)."""
 
     split_file: str | None = option(
@@ -355,6 +357,7 @@ class CarsSource(FineGrainedSource):
 
     name = "cars"
     layout = CARS_LAYOUT
+    downloads = "cars"
     metadata = ("devkit/cars_train_annos.mat",)
     fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,30 @@ from fewmask.errors import DatasetError
 
 Arrays = tuple[torch.Tensor, torch.Tensor, list[str]]
 """A decoded split: uint8 images ``[N, C, H, W]``, int64 labels ``[N]``, class names."""
+
+Allocate = Callable[[tuple[int, ...]], np.ndarray]
+_ALLOCATE: ContextVar[Allocate | None] = ContextVar("fewmask_allocate_images", default=None)
+
+
+def new_images(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array for a split's decoded images.
+
+    While a :class:`~fewmask.datasets.base.CachedSource` decodes a split for its cache, this is
+    the cache's own images file, memory-mapped: decoding then needs no memory for the whole
+    split, and the cache is written as it goes. Otherwise it is ordinary memory.
+    """
+    allocate = _ALLOCATE.get()
+    return allocate(tuple(shape)) if allocate else np.empty(shape, dtype=np.uint8)
+
+
+@contextmanager
+def allocating_with(allocate: Allocate) -> Iterator[None]:
+    """Inside: :func:`new_images` calls ``allocate``."""
+    token = _ALLOCATE.set(allocate)
+    try:
+        yield
+    finally:
+        _ALLOCATE.reset(token)
 
 
 def decode_image(
@@ -91,7 +117,7 @@ def decode_classes(
     """Decode every file of every class into ``(images, labels)``, labels = class position."""
     size, channels = decode_options["size"], decode_options["channels"]
     total = sum(len(files) for files in files_by_class)
-    images = np.empty((total, channels, size, size), dtype=np.uint8)
+    images = new_images((total, channels, size, size))
     labels = np.empty(total, dtype=np.int64)
     i = 0
     for label, files in enumerate(files_by_class):

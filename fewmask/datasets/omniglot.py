@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from fewmask.datasets import layout
-from fewmask.datasets.base import CachedSource, CachedSourceConfig
-from fewmask.datasets.images import Arrays, decode_image, rotated_classes
+from fewmask.datasets.base import CachedSource, DownloadableConfig
+from fewmask.datasets.images import Arrays, decode_image, new_images, rotated_classes
 from fewmask.errors import DatasetError
 from fewmask.options import option
 
@@ -50,7 +50,7 @@ Classes = dict[str, Path | list[Member]]
 
 
 @attrs.frozen
-class OmniglotConfig(CachedSourceConfig):
+class OmniglotConfig(DownloadableConfig):
     """Options of ``omniglot``."""
 
     split_scheme: str = option(
@@ -70,7 +70,7 @@ class OmniglotConfig(CachedSourceConfig):
     image_size: int = option(28, ge=4, help="side length after resizing (PIL BILINEAR)")
 
     def check(self) -> dict[str, str]:
-        problems = CachedSourceConfig.check(self)
+        problems = DownloadableConfig.check(self)
         if self.split_scheme == "lake" and self.split_file:
             problems["split_file"] = (
                 "replaces the Vinyals lists; it cannot be combined with split_scheme 'lake'"
@@ -84,6 +84,7 @@ class OmniglotSource(CachedSource):
     name = NAME
     layout = LAYOUT
     after_cache = ("rotations",)
+    downloads = "omniglot"
 
     def __init__(self, config: OmniglotConfig):
         super().__init__(config)
@@ -108,7 +109,7 @@ class OmniglotSource(CachedSource):
         classes = self._classes(split)
         size = self.config.image_size
         total = sum(len(items) for _, items in classes)
-        images = np.empty((total, 1, size, size), dtype=np.uint8)
+        images = new_images((total, 1, size, size))
         labels = np.empty(total, dtype=np.int64)
         i = 0
         with ExitStack() as stack:
