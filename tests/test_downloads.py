@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from fewmask.builtins.samplers import EpisodicConfig, EpisodicSampler
+from fewmask.cli.errors import describe
 from fewmask.datasets import (
     AircraftConfig,
     AircraftSource,
@@ -48,7 +49,6 @@ from fewmask.datasets import (
 )
 from fewmask.datasets.layout import builtin_split
 from fewmask.errors import ConfigError, DatasetError, DownloadError
-from fewmask.failures import describe
 
 # ----------------------------------------------------------------------------- the server
 
