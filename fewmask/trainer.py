@@ -52,6 +52,14 @@ from fewmask.progress import Progress
 from fewmask.run import RunFolder
 from fewmask.threads import apply_threads
 
+ENGINE_OPTIONS = {
+    "exact": EngineOptions,
+    "fast": EngineOptions.fast,
+    "batched": EngineOptions.batched_path,
+}
+"""``train.engine`` -> the :class:`EngineOptions` it selects."""
+
+
 EVAL_CHUNK = 100  # episodes drawn per vectorised sampler call at evaluation
 
 
@@ -104,7 +112,7 @@ class Trainer:
         if train.data_on_device:  # episodes cut out where the model runs; the same draws
             self.datasets = {k: d.to(self.device) for k, d in self.datasets.items()}
             self.cross_domain = {k: d.to(self.device) for k, d in self.cross_domain.items()}
-        options = EngineOptions.fast() if train.engine == "fast" else None
+        options = ENGINE_OPTIONS[train.engine]()
         self.engine = Engine(backbone, masker, inner, objective, options)
         self.meta_params = self.engine.meta_params
         self._meta_step = self.engine.meta_step

@@ -61,7 +61,7 @@ def unsupported(backbone: nn.Module) -> str | None:
             if module.track_running_stats:
                 return f"{where} keeps running statistics"
         else:
-            return f"{where} is not one of the layers the batched engine knows"
+            return f"{where} is not a module the batched engine knows"
     return None
 
 
@@ -107,14 +107,17 @@ class TaskBatch(TorchFunctionMode):
 
 
 def _linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``y_t = x_t W_t^T + b_t`` computed as ``W_t x_t^T``: the weight-sized gradient
+    ``dL/dW_t`` then comes out contiguous in the weight's own layout (the transposed product
+    leaves it strided, and every weight-sized operation after it several times slower)."""
     tasks, out_features, in_features = weight.shape
     n = input.shape[0]
-    x = input.view(n, tasks, in_features).transpose(0, 1)  # (T, N, in)
+    x = input.view(n, tasks, in_features).permute(1, 2, 0)  # (T, in, N)
     if bias is None:
-        y = torch.bmm(x, weight.transpose(1, 2))
+        y = torch.bmm(weight, x)
     else:
-        y = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-    return y.transpose(0, 1).reshape(n, tasks * out_features)
+        y = torch.baddbmm(bias.unsqueeze(2), weight, x)  # (T, out, N)
+    return y.permute(2, 0, 1).reshape(n, tasks * out_features)
 
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
