@@ -88,11 +88,12 @@ class TrainConfig:
     progress: bool = option(True, output_only=True, help="show a progress bar on stderr")
     engine: str = option(
         "exact",
-        choices=("exact", "fast", "batched"),
+        choices=("exact", "fast", "batched", "auto"),
         help="meta-gradient engine: exact = the plain per-task path; fast = fused SGD, fused "
         "BatchNorm double backward, channels_last; batched = every task of the meta-batch in "
-        "one forward and backward (plain-SGD inner loops on MLP, Conv4 and ResNet-12; other "
-        "models fall back to exact, said once in the log). Same math, different rounding "
+        "one forward and backward (plain-SGD inner loops on the built-in MLPs, Conv4 and "
+        "ResNet-12; other models take the unbatched path, said once in the log); auto = "
+        "batched where it applies, else exact. Same math, different rounding "
         "(docs/performance.md)",
     )
     cuda_graph: bool = option(

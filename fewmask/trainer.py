@@ -32,6 +32,7 @@ from fewmask.checkpoint import discard_partial_writes, load_checkpoint, save_che
 from fewmask.checks import check_backbone_fits, check_train_config
 from fewmask.config import TrainConfig
 from fewmask.engine import Engine, EngineOptions, distributed
+from fewmask.engine.batched import batches
 from fewmask.engine.graphs import GraphedMetaStep
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
 from fewmask.finite import check_meta_parameters, first_non_finite
@@ -57,7 +58,15 @@ ENGINE_OPTIONS = {
     "fast": EngineOptions.fast,
     "batched": EngineOptions.batched_path,
 }
-"""``train.engine`` -> the :class:`EngineOptions` it selects."""
+"""``train.engine`` -> the :class:`EngineOptions` it selects (``auto``: :func:`engine_options`)."""
+
+
+def engine_options(name: str, backbone: Backbone, inner: InnerOptimizer) -> EngineOptions:
+    """The options ``train.engine: name`` selects; ``auto`` is ``batched`` where the batched
+    path applies (no fallback to announce) and ``exact`` elsewhere."""
+    if name == "auto":
+        return EngineOptions.batched_path() if batches(backbone, inner) else EngineOptions()
+    return ENGINE_OPTIONS[name]()
 
 
 EVAL_CHUNK = 100  # episodes drawn per vectorised sampler call at evaluation
@@ -112,7 +121,7 @@ class Trainer:
         if train.data_on_device:  # episodes cut out where the model runs; the same draws
             self.datasets = {k: d.to(self.device) for k, d in self.datasets.items()}
             self.cross_domain = {k: d.to(self.device) for k, d in self.cross_domain.items()}
-        options = ENGINE_OPTIONS[train.engine]()
+        options = engine_options(train.engine, backbone, inner)
         self.engine = Engine(backbone, masker, inner, objective, options)
         self.meta_params = self.engine.meta_params
         self._meta_step = self.engine.meta_step

@@ -248,3 +248,27 @@ def test_training_with_the_batched_engine_gives_the_exact_parameters(algorithm):
     assert relative(list(batched.values()), list(exact.values())) < TOL
     start = make_trainer("exact", algorithm).meta_params
     assert relative(list(start.values()), list(exact.values())) > 1e-6, "training moved them"
+
+
+def test_auto_batches_where_it_applies_and_is_quiet_elsewhere():
+    from fewmask.trainer import engine_options
+
+    def options_for(model, model_options, shape, inner):
+        backbone = create("backbone", model, model_options, input_shape=shape, num_classes=WAYS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            options = engine_options("auto", backbone, inner)
+            engine = Engine(
+                backbone, create("masker", "dense"), inner, create("objective", "maml"), options
+            )
+        assert not fallback_messages(caught)
+        return engine.batched
+
+    sgd = create("inner_optimizer", "sgd", {"lr": LR})
+    assert options_for("omniglot_mlp", {"hidden": [6, 5]}, (1, 3, 3), sgd)
+    assert options_for("conv4", {"channels": 3}, (2, 16, 16), sgd)
+    wrn = {"depth": 10, "widen_factor": 1}
+    assert not options_for("wrn28_10", wrn, (2, 8, 8), sgd)
+    pytest.importorskip("fewmask_plugin_lrpolicies")
+    rates = create("inner_optimizer", "per_layer", {"rates": {"classifier.*": 0.1}})
+    assert not options_for("omniglot_mlp", {"hidden": [6, 5]}, (1, 3, 3), rates)

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from fewmask.engine.exact import GradientSum, TaskResult, detached_metrics
-from fewmask.engine.fused import SharedLeaves, _shared_items
+from fewmask.engine.fused import SharedLeaves, _shared_items, single_rate
 from fewmask.engine.packed import pack, packed_forward, unsupported
-from fewmask.interfaces import Backbone, Episode, MetaObjective, SGDSteps
+from fewmask.interfaces import Backbone, Episode, InnerOptimizer, MetaObjective, SGDSteps
 
 
 def batch_problem(backbone: Backbone, plan: SGDSteps | None, lr: float | None) -> str | None:
@@ -42,6 +42,13 @@ def batch_problem(backbone: Backbone, plan: SGDSteps | None, lr: float | None) -
     if lr is None:
         return "the inner optimizer's learning rates are not one single non-zero rate"
     return unsupported(backbone)
+
+
+def batches(backbone: Backbone, inner: InnerOptimizer) -> bool:
+    """Whether the batched path applies to ``backbone`` with ``inner`` (attached here)."""
+    inner.attach(backbone)
+    plan = inner.plain_sgd(training=True)
+    return batch_problem(backbone, plan, single_rate(plan)) is None
 
 
 def same_shapes(episodes: Sequence[Episode]) -> bool:
