@@ -32,7 +32,7 @@ from fewmask.checkpoint import discard_partial_writes, load_checkpoint, save_che
 from fewmask.checks import check_backbone_fits, check_train_config
 from fewmask.config import TrainConfig
 from fewmask.engine import Engine, EngineOptions, distributed
-from fewmask.engine.batched import batches
+from fewmask.engine.batched import batching_pays
 from fewmask.engine.graphs import GraphedMetaStep
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
 from fewmask.finite import check_meta_parameters, first_non_finite
@@ -63,9 +63,10 @@ ENGINE_OPTIONS = {
 
 def engine_options(name: str, backbone: Backbone, inner: InnerOptimizer) -> EngineOptions:
     """The options ``train.engine: name`` selects; ``auto`` is ``batched`` where the batched
-    path applies (no fallback to announce) and ``exact`` elsewhere."""
+    path applies and was measured faster (:func:`~fewmask.engine.batched.batching_pays`), else
+    ``exact``; it has no fallback to announce."""
     if name == "auto":
-        return EngineOptions.batched_path() if batches(backbone, inner) else EngineOptions()
+        return EngineOptions.batched_path() if batching_pays(backbone, inner) else EngineOptions()
     return ENGINE_OPTIONS[name]()
 
 

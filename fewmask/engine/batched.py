@@ -44,11 +44,28 @@ def batch_problem(backbone: Backbone, plan: SGDSteps | None, lr: float | None) -
     return unsupported(backbone)
 
 
+AUTO_MAX_PARAMETERS = 1_000_000
+"""``train.engine: auto`` batches only the built-in MLP, and only up to this many parameters.
+Measured on one CPU thread (``benchmarks/batched_step.py``, docs/performance.md): the glyph MLP
+(0.25M parameters, 5-way 1-shot) 1.23-1.31x faster batched; the 5-MLP (3.8M, 5-shot 15-query)
+0.72x and Conv4 (32x32) 0.79x, slower: their per-task weight-sized and activation tensors,
+all alive at once, cost more memory traffic than the per-operation overhead batching saves."""
+
+
 def batches(backbone: Backbone, inner: InnerOptimizer) -> bool:
     """Whether the batched path applies to ``backbone`` with ``inner`` (attached here)."""
     inner.attach(backbone)
     plan = inner.plain_sgd(training=True)
     return batch_problem(backbone, plan, single_rate(plan)) is None
+
+
+def batching_pays(backbone: Backbone, inner: InnerOptimizer) -> bool:
+    """``train.engine: auto``'s choice: batched where it applies and was measured faster on the
+    CPU (a built-in MLP of at most :data:`AUTO_MAX_PARAMETERS` parameters)."""
+    from fewmask.builtins.backbones import MLP
+
+    small = sum(p.numel() for p in backbone.parameters()) <= AUTO_MAX_PARAMETERS
+    return type(backbone) is MLP and small and batches(backbone, inner)
 
 
 def same_shapes(episodes: Sequence[Episode]) -> bool:
