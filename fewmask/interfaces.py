@@ -138,6 +138,12 @@ class Backbone(nn.Module, ABC):
     input_shape: tuple[int, ...] | None = None
     """The image shape ``(C, H, W)`` it was built for, if it records one (all built-in backbones
     do): the Trainer refuses data of another shape with a clear message."""
+    task_separable: bool = False
+    """Set to True in a class (and each of its module classes) whose ``forward`` uses only
+    operations that keep a meta-batch's tasks apart when they are packed side by side in the
+    channel dimension (linear, conv, batch-statistics BatchNorm, element-wise ops, pooling,
+    flatten): the batched engine then runs all tasks in one forward. A subclass does not
+    inherit it (it may override ``forward``): it must declare it again."""
 
     @abstractmethod
     def forward_features(self, x: Tensor) -> Tensor:

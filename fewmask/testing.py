@@ -33,10 +33,11 @@ ENGINE_PATHS: dict[str, EngineOptions | None] = {
     "fused_batchnorm": EngineOptions(fused_batchnorm=True),
     "channels_last": EngineOptions(fused_batchnorm=True, channels_last=True),
     "fast": EngineOptions.fast(),
+    "batched": EngineOptions.batched_path(),
 }
 """Every path of :meth:`~fewmask.engine.Engine.meta_step` by name: the exact per-task path
-(``None``), each speed lever alone (``channels_last`` with the fused BatchNorm it needs) and all
-of them."""
+(``None``), each speed lever alone (``channels_last`` with the fused BatchNorm it needs), all
+of them, and the batched path (``train.engine: batched``)."""
 
 
 def make_dataset(

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fewmask.engine.batchnorm
-from fewmask import Engine, EngineOptions, Episode, Trainer, create
+from fewmask import Engine, EngineOptions, Episode, FewmaskWarning, Trainer, create
 from fewmask.config import TrainConfig
 from fewmask.testing import make_dataset
 
@@ -115,13 +115,17 @@ def engine(model: str, algorithm: str, options: EngineOptions | None, inner: str
     return Engine(backbone, masker, inner_optimizer, objective, options)
 
 
-@pytest.mark.parametrize("path", ["exact", "fast"])
+@pytest.mark.parametrize("path", ["exact", "fast", "batched"])
 @pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
 @pytest.mark.parametrize("model", sorted(TINY))
 def test_meta_step_reads_nothing_on_the_host(model, algorithm, path, monkeypatch):
     monkeypatch.setattr(fewmask.engine.batchnorm, "MIN_NUMEL", 0)  # the fused BatchNorm too
-    options = EngineOptions.fast() if path == "fast" else None
-    step = engine(model, algorithm, options)
+    options = {"exact": None, "fast": EngineOptions.fast()}.get(path, EngineOptions.batched_path())
+    if path == "batched" and model == "wrn28_10":  # not batched: it falls back, and says so
+        with pytest.warns(FewmaskWarning, match="unbatched"):
+            step = engine(model, algorithm, options)
+    else:
+        step = engine(model, algorithm, options)
     batch = episodes()
     want = step.meta_step(batch)
     with host_reads():
@@ -166,7 +170,7 @@ def trainer(algorithm: str, engine_name: str, **train) -> Trainer:
     )
 
 
-@pytest.mark.parametrize("engine_name", ["exact", "fast"])
+@pytest.mark.parametrize("engine_name", ["exact", "fast", "batched"])
 @pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
 def test_train_step_reads_the_host_once(algorithm, engine_name):
     run = trainer(algorithm, engine_name)

@@ -95,6 +95,8 @@ def conv4_parameter_count(config: Conv4Config, input_shape: tuple[int, ...], num
 class ConvBlock(nn.Module):
     """3x3 conv (padding 1, bias) -> BatchNorm2d (batch statistics) -> ReLU -> 2x2 max-pool."""
 
+    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+
     def __init__(self, in_channels: int, out_channels: int, bn_eps: float):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
@@ -110,6 +112,8 @@ class Conv4(LinearHeadBackbone):
     Conv weights are kaiming-normal (fan-in, ReLU) with zero biases (which the following
     batch-statistics BatchNorm cancels anyway); the head keeps PyTorch's default Linear init.
     """
+
+    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
 
     config_class = Conv4Config
     description = "4 x [conv3x3 -> BatchNorm -> ReLU -> max-pool] (64 ch) + Linear head"
@@ -176,6 +180,8 @@ class ResidualBlock(nn.Module):
     """ResNet-12 block: 3 x [3x3 conv (no bias) -> BN -> LeakyReLU 0.1] with a 1x1-conv + BN
     residual added before the last activation, then a 2x2 max-pool."""
 
+    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+
     def __init__(self, in_channels: int, out_channels: int, bn_eps: float):
         super().__init__()
 
@@ -209,6 +215,8 @@ class ResNet12(LinearHeadBackbone):
     kaiming-normal (fan-out, leaky_relu), BN gamma 1 and beta 0, the head PyTorch's default.
     84x84 images shrink 84 -> 42 -> 21 -> 10 -> 5 before the average pool.
     """
+
+    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
 
     config_class = ResNet12Config
     description = "ResNet-12 (BOIL/MetaOptNet, 64-160-320-640, LeakyReLU) + Linear head"

@@ -11,14 +11,16 @@ and touches no ``.grad``. Under ``torchrun`` it differentiates this rank's share
 and all-reduces (:mod:`fewmask.runtime.distributed`), so every rank gets the same result.
 
 Paths: :mod:`~fewmask.engine.exact` (per task, the reference) and, with
-:class:`EngineOptions`, :mod:`~fewmask.engine.fused` (plain-SGD inner loops) and
+:class:`EngineOptions`, :mod:`~fewmask.engine.fused` (plain-SGD inner loops),
+:mod:`~fewmask.engine.batched` (all tasks in one forward and backward) and
 :mod:`~fewmask.engine.batchnorm` (a cheaper BatchNorm double backward); they change results only
-by float rounding (measured in ``benchmarks/meta_step.py``, checked in float64 by
-``tests/test_engine_paths.py``).
+by float rounding (measured in ``benchmarks/meta_step.py`` and ``benchmarks/batched_step.py``,
+checked in float64 by ``tests/test_engine_paths.py`` and ``tests/test_engine_batched.py``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -26,6 +28,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from fewmask.engine.batched import batch_problem, batched_meta_gradient, same_shapes
 from fewmask.engine.batchnorm import fused_batchnorm
 from fewmask.engine.exact import (
     TaskResult,
@@ -34,6 +37,7 @@ from fewmask.engine.exact import (
     frozen_masks,
 )
 from fewmask.engine.fused import fused_meta_gradient, single_rate
+from fewmask.errors import FewmaskWarning
 from fewmask.interfaces import Backbone, Episode, InnerOptimizer, Masker, MetaObjective, Params
 from fewmask.runtime import distributed
 
@@ -49,12 +53,18 @@ class EngineOptions:
         fused_batchnorm: batch-statistics BatchNorm with a hand-written double backward
             (:mod:`fewmask.engine.batchnorm`), several times cheaper than PyTorch's composite one.
         channels_last: 4-D images in ``torch.channels_last`` memory format (needs
-            ``fused_batchnorm``: PyTorch's channels-last CPU BatchNorm loses precision).
+            ``fused_batchnorm``: PyTorch's channels-last CPU BatchNorm loses precision; not
+            used by the batched path).
+        batched: every task of the meta-batch in one forward and one backward
+            (:mod:`fewmask.engine.batched`), for plain-SGD inner optimizers with one rate and
+            the backbones :func:`fewmask.engine.packed.unsupported` accepts; other models
+            take the other levers' path, announced once by a :class:`FewmaskWarning`.
     """
 
     fused_sgd: bool = False
     fused_batchnorm: bool = False
     channels_last: bool = attrs.field(default=False)
+    batched: bool = False
 
     @channels_last.validator
     def _check(self, attribute, value: bool) -> None:
@@ -65,6 +75,11 @@ class EngineOptions:
     def fast(cls) -> EngineOptions:
         """Every lever on."""
         return cls(fused_sgd=True, fused_batchnorm=True, channels_last=True)
+
+    @classmethod
+    def batched_path(cls) -> EngineOptions:
+        """All tasks at once (``train.engine: batched``), with the fused BatchNorm."""
+        return cls(fused_batchnorm=True, batched=True)
 
 
 @attrs.frozen
@@ -118,6 +133,8 @@ class Engine:
         inner.attach(backbone)
         self.meta_params = objective.meta_parameters(backbone, masker)
         self._metric_names: list[str] | None = None  # under torchrun: fixed by the first step
+        self.batched = self.options.batched and self._batchable()
+        self._ragged_announced = False
 
     def meta_step(self, episodes: Sequence[Episode]) -> StepResult:
         """Mean query loss, metrics and meta-gradients over ``episodes``; no ``.grad`` touched.
@@ -161,10 +178,36 @@ class Engine:
         """The masker's current masks, detached (constant during evaluation)."""
         return frozen_masks(self.masker)
 
+    def _batchable(self) -> bool:
+        """Whether the batched path applies; if not, say why once."""
+        plan = self.inner.plain_sgd(training=True)
+        problem = batch_problem(self.backbone, plan, single_rate(plan))
+        if problem:
+            warnings.warn(
+                f"batched engine: {problem}; meta-steps take the unbatched path",
+                FewmaskWarning,
+                stacklevel=3,
+            )
+        return problem is None
+
     def _differentiate(
         self, episodes: Sequence[Episode]
     ) -> tuple[list[TaskResult], dict[str, Tensor]]:
         options = self.options
+        if self.batched:
+            plan = self.inner.plain_sgd(training=True)
+            rate = single_rate(plan)
+            if plan is not None and rate is not None and self._stackable(episodes):
+                with fused_batchnorm() if options.fused_batchnorm else nullcontext():
+                    return batched_meta_gradient(
+                        self.backbone,
+                        self.masker.masks(),
+                        plan,
+                        rate,
+                        self.objective,
+                        self.meta_params,
+                        episodes,
+                    )
         if self.channels_last:
             episodes = _ChannelsLast(episodes)
         plan = self.inner.plain_sgd(training=True) if options.fused_sgd else None
@@ -188,6 +231,19 @@ class Engine:
                 self.meta_params,
                 episodes,
             )
+
+    def _stackable(self, episodes: Sequence[Episode]) -> bool:
+        if same_shapes(episodes):
+            return True
+        if not self._ragged_announced:
+            self._ragged_announced = True
+            warnings.warn(
+                "batched engine: the meta-batch's episodes differ in shape; such meta-steps "
+                "take the unbatched path",
+                FewmaskWarning,
+                stacklevel=4,
+            )
+        return False
 
     def _agree_metric_names(self, results: list[TaskResult]) -> list[str]:
         """The metric names; under torchrun rank 0's (it always has a task), sent once."""

@@ -32,6 +32,7 @@ import torch
 
 from fewmask.config import TrainConfig
 from fewmask.engine import Engine, EngineOptions
+from fewmask.engine.batched import batching_pays
 from fewmask.engine.graphs import GraphedMetaStep
 from fewmask.errors import ConfigError, DatasetError, NonFiniteError
 from fewmask.interfaces import (
@@ -60,6 +61,23 @@ from fewmask.training.loggers import (
 )
 from fewmask.training.metrics import Accuracy, mask_sparsity
 from fewmask.training.pictures import mask_grid
+
+ENGINE_OPTIONS = {
+    "exact": EngineOptions,
+    "fast": EngineOptions.fast,
+    "batched": EngineOptions.batched_path,
+}
+"""``train.engine`` -> the :class:`EngineOptions` it selects (``auto``: :func:`engine_options`)."""
+
+
+def engine_options(name: str, backbone: Backbone, inner: InnerOptimizer) -> EngineOptions:
+    """The options ``train.engine: name`` selects; ``auto`` is ``batched`` where the batched
+    path applies and was measured faster (:func:`~fewmask.engine.batched.batching_pays`), else
+    ``exact``; it has no fallback to announce."""
+    if name == "auto":
+        return EngineOptions.batched_path() if batching_pays(backbone, inner) else EngineOptions()
+    return ENGINE_OPTIONS[name]()
+
 
 EVAL_CHUNK = 100  # episodes drawn per vectorised sampler call at evaluation
 
@@ -118,7 +136,7 @@ class Trainer:
         if train.data_on_device:  # episodes cut out where the model runs; the same draws
             self.datasets = {k: d.to(self.device) for k, d in self.datasets.items()}
             self.cross_domain = {k: d.to(self.device) for k, d in self.cross_domain.items()}
-        options = EngineOptions.fast() if train.engine == "fast" else None
+        options = engine_options(train.engine, backbone, inner)
         self.engine = Engine(backbone, masker, inner, objective, options)
         self.meta_params = self.engine.meta_params
         self._check_mask_image_layers()

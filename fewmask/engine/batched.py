@@ -1,0 +1,136 @@
+"""The batched path of :class:`fewmask.engine.Engine` (``EngineOptions.batched``).
+
+The per-task loop runs the whole network once per task and inner step, and once per task for
+the query loss and the meta-gradient: on small models most of a meta-iteration is per-operation
+overhead, paid ``T`` times. Here every task of the meta-batch goes through one forward and one
+backward (:mod:`fewmask.engine.packed`: per-task parameters as a leading dimension, activations
+side by side in the channel dimension, per-task BatchNorm statistics):
+
+- fast weights start as the shared parameters expanded to ``T`` copies (a view, no copy);
+- the support loss is the sum of the tasks' losses; as no operation mixes tasks, its gradient
+  w.r.t. the ``(T, ...)`` fast weights holds each task's own gradient, with every second-order
+  term, and one ``autograd.grad`` gives all of them;
+- as in :mod:`fewmask.engine.fused`, the steps iterate on the masked weights ``E = W * m``
+  (``E <- E + m2 * h``, ``h = -lr * dL/dE`` by seeding the backward with ``-lr``), and ``E``
+  and ``m2 = m * m`` are computed once per meta-batch, as detached leaves whose summed
+  gradients one final backward carries into the scores and weights: no weight-sized work is
+  done per task except the update itself, which MAML does too;
+- the meta-loss is the mean of the tasks' query losses, differentiated once.
+
+Nothing here reads a tensor's value on the host, so the step stays capturable by
+``train.cuda_graph``. Every derivative is the per-task loop's; only rounding differs (checked
+in float64 by ``tests/test_engine_batched.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from fewmask.engine.exact import GradientSum, TaskResult, detached_metrics
+from fewmask.engine.fused import SharedLeaves, _shared_items, single_rate
+from fewmask.engine.packed import pack, packed_forward, unsupported
+from fewmask.interfaces import Backbone, Episode, InnerOptimizer, MetaObjective, SGDSteps
+
+
+def batch_problem(backbone: Backbone, plan: SGDSteps | None, lr: float | None) -> str | None:
+    """Why the batched path cannot run this model and inner optimizer, or None if it can."""
+    if plan is None:
+        return "the inner optimizer is not plain SGD (its plain_sgd() declines)"
+    if lr is None:
+        return "the inner optimizer's learning rates are not one single non-zero rate"
+    return unsupported(backbone)
+
+
+AUTO_MAX_PARAMETERS = 1_000_000
+"""``train.engine: auto`` batches only the built-in MLP, and only up to this many parameters.
+Measured on one CPU thread (``benchmarks/batched_step.py``, docs/performance.md): the glyph MLP
+(0.25M parameters, 5-way 1-shot) 1.23-1.31x faster batched; the 5-MLP (3.8M, 5-shot 15-query)
+0.72x and Conv4 (32x32) 0.79x, slower: their per-task weight-sized and activation tensors,
+all alive at once, cost more memory traffic than the per-operation overhead batching saves."""
+
+
+def batches(backbone: Backbone, inner: InnerOptimizer) -> bool:
+    """Whether the batched path applies to ``backbone`` with ``inner`` (attached here)."""
+    inner.attach(backbone)
+    plan = inner.plain_sgd(training=True)
+    return batch_problem(backbone, plan, single_rate(plan)) is None
+
+
+def batching_pays(backbone: Backbone, inner: InnerOptimizer) -> bool:
+    """``train.engine: auto``'s choice: batched where it applies and was measured faster on the
+    CPU: a network without convolutions (an MLP) of at most :data:`AUTO_MAX_PARAMETERS`
+    parameters."""
+    small = sum(p.numel() for p in backbone.parameters()) <= AUTO_MAX_PARAMETERS
+    dense = not any(isinstance(m, torch.nn.Conv2d) for m in backbone.modules())
+    return small and dense and batches(backbone, inner)
+
+
+def same_shapes(episodes: Sequence[Episode]) -> bool:
+    """Whether every episode has the first one's tensor shapes (they can be stacked)."""
+    first = [t.shape for t in episodes[0]]
+    return all([t.shape for t in e] == first for e in episodes[1:])
+
+
+def batched_meta_gradient(
+    backbone: Backbone,
+    masks: Mapping[str, Tensor],
+    plan: SGDSteps,
+    lr: float,
+    objective: MetaObjective,
+    meta_params: Mapping[str, Tensor],
+    episodes: Sequence[Episode],
+) -> tuple[list[TaskResult], dict[str, Tensor]]:
+    """Per-task results and the gradient of the mean query loss w.r.t. ``meta_params``.
+
+    ``lr`` is the plan's single non-zero rate; parameters whose rate is 0 are not adapted. The
+    episodes must have equal shapes (:func:`same_shapes`).
+    """
+    tasks = len(episodes)
+    params = dict(backbone.named_parameters())
+    masks = {n: m for n, m in masks.items() if n in params}
+    masked = list(masks)
+    shared = SharedLeaves(_shared_items(params, masks, not plan.create_graph))
+    effective = dict(zip(masked, shared.leaves[: len(masked)]))
+    m2 = dict(zip(masked, shared.leaves[len(masked) :]))
+    adapted = [n for n in params if plan.rates.get(n, 0.0) != 0.0]
+    fast = {n: p.expand(tasks, *p.shape) for n, p in {**params, **effective}.items()}
+    support_x = pack(torch.stack([e.support_x for e in episodes]))
+    for _ in range(plan.steps):
+        logits = packed_forward(backbone, fast, support_x, tasks)
+        loss = torch.stack(
+            [objective.support_loss(logits[t], e.support_y) for t, e in enumerate(episodes)]
+        ).sum()
+        steps = torch.autograd.grad(
+            loss,
+            [fast[n] for n in adapted],
+            grad_outputs=torch.full_like(loss, -lr),
+            create_graph=plan.create_graph,
+            allow_unused=True,
+        )
+        fast = dict(fast)
+        for name, step in zip(adapted, steps):
+            if step is not None and name in m2:
+                fast[name] = torch.addcmul(fast[name], m2[name], step)
+            elif step is not None:
+                fast[name] = fast[name] + step
+    query_x = pack(torch.stack([e.query_x for e in episodes]))
+    logits = packed_forward(backbone, fast, query_x, tasks)
+    del fast
+    losses = [objective.query_loss(logits[t], e.query_y) for t, e in enumerate(episodes)]
+    results = [
+        (loss.detach(), detached_metrics(objective, logits[t], e.query_y))
+        for t, (loss, e) in enumerate(zip(losses, episodes))
+    ]
+    targets = list(meta_params.values())
+    total = GradientSum(len(targets))
+    meta_loss = torch.stack(losses).sum() / tasks
+    grads = torch.autograd.grad(meta_loss, targets + shared.leaves, allow_unused=True)
+    del meta_loss, losses, logits
+    total.add(grads[: len(targets)])
+    shared.add(grads[len(targets) :])
+    del grads
+    shared.backward(targets, total)
+    return results, total.by_name(list(meta_params))
