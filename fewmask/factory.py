@@ -281,8 +281,12 @@ def train(
     elif run_dir is None:
         raise ConfigError(["run_dir: resuming needs the run's folder"])
     device = resolved.experiment.train.device if resolved is not None else "cpu"
-    run, mode = Run.open(run_dir, device, start)  # the lock is held from here ...
+    run = Run(run_dir, Process.start(device))
     try:
+        # a folder that holds something is read only under its lock; a new run is built (every
+        # check passed, nothing written) before the lock creates its folder
+        started = start in ("resume", "auto") and run.folder.path.exists()
+        mode = run.decide(start) if started else "new"
         if mode == "finished":
             say(f"{run.folder.path} already finished; its results are reused")
             return RunResults(run.folder.read_results(), run.folder.path)
@@ -291,11 +295,13 @@ def train(
             _tell_resume(trainer, overrides, say)
         else:
             trainer = build_trainer(resolved, registry=registry, run=run)
+            if not started:
+                run.decide("new" if start == "auto" else start)  # the lock, then the policy
         run.write_config(trainer.config)  # the readable copy (the checkpoint holds it too)
         say(f"threads: {trainer.threads}")
         return RunResults(trainer.fit(callbacks=callbacks), trainer.run_dir)
     finally:
-        run.release()  # ... to the end of the run, however it ends
+        run.release()  # held to the end of the run, however it ends
 
 
 def _tell_resume(trainer: Trainer, overrides: Sequence[str], say: Callable[[str], None]) -> None:

@@ -80,8 +80,10 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     source = str(path)
     try:
-        if not path.exists():
-            raise ConfigError([f"$: config file {source!r} does not exist"], source)
+        try:
+            path.stat()  # not exists(): that says False for a name no file can have (a NUL)
+        except FileNotFoundError:
+            raise ConfigError([f"$: config file {source!r} does not exist"], source) from None
         if not path.is_file():
             what = "a directory" if path.is_dir() else "not a regular file"
             raise ConfigError([f"$: config file {source!r} is {what}"], source)

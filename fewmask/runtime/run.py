@@ -54,19 +54,6 @@ class Run:
         apply_train_option(tune_malloc)
         return cls(path, Process.start(device))
 
-    @classmethod
-    def open(
-        cls, path: str | os.PathLike[str] | RunFolder | None, device: str, start: str
-    ) -> tuple[Run, str]:
-        """The run in ``path``, its process set up for ``device``, its lock held and ``start``
-        decided (:meth:`decide`): ``(run, "new" | "resume" | "finished")``."""
-        run = cls(path, Process.start(device))
-        try:
-            return run, run.decide(start)
-        except BaseException:
-            run.release()
-            raise
-
     def read_checkpoint(self, what: str = "RUN_DIR") -> tuple[dict[str, Any], dict[str, Any]]:
         """The run's checkpoint (verified, on the CPU) and the config it holds, as plain data.
         ``what`` names the argument that gave the folder, in the error when it holds none."""

@@ -263,8 +263,11 @@ class Trainer:
         (given only when train_step's one host read found one; searching them syncs per tensor)."""
         if math.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values()):
             return
-        bad = next((n for n, g in grads.items() if not torch.isfinite(g).all()), None)
-        what = f"meta-gradient of {bad!r} is not finite" if bad else f"meta-training loss is {loss}"
+        if math.isfinite(loss):
+            bad = next(n for n, g in grads.items() if not torch.isfinite(g).all())
+            what = f"meta-gradient of {bad!r} is not finite"
+        else:
+            what = f"meta-training loss is {loss}"
         raise NonFiniteError(
             f"{what} at iteration {it}; {self.owner.checkpoint_note()}; "
             f"{self.owner.stop_advice()}"
