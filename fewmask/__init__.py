@@ -36,6 +36,7 @@ from fewmask.errors import (
     PluginLoadError,
     ResourceError,
     RunFolderError,
+    RunFileError,
     RunLockedError,
     UnknownComponentError,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "FewmaskWarning",
     "ResourceError",
     "RunFolderError",
+    "RunFileError",
     "RunLockedError",
     "OuterConfig",
     "OuterLoopObjective",

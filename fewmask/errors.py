@@ -90,6 +90,13 @@ class RunLockedError(RunFolderError):
     exit_code = 2
 
 
+class RunFileError(RunFolderError):
+    """A file in a run folder that fewmask will not write: a symbolic or hard link, a FIFO, a
+    folder where a file of the run belongs (someone else's file, left untouched)."""
+
+    exit_code = 2
+
+
 class RunStoppedError(RunFolderError):
     """A run that stopped on a non-finite value, asked for results as if it had finished."""
 

@@ -301,7 +301,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def dump_config(config: Any, path: str | Path) -> None:
-    """Write a config (or its plain data, e.g. :func:`fewmask.config.plain_config`) as YAML."""
+def config_yaml(config: Any) -> str:
+    """A config (or its plain data, e.g. :func:`fewmask.config.plain_config`) as YAML text."""
     data = converter.unstructure(config) if attrs.has(type(config)) else dict(config)
-    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
+    return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)
+
+
+def dump_config(config: Any, path: str | Path) -> None:
+    """Write a config (or its plain data) as YAML to ``path``."""
+    Path(path).write_text(config_yaml(config))

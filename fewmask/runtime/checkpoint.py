@@ -116,6 +116,8 @@ def save_checkpoint(
 def _keep_as(path: Path, previous: Path) -> None:
     """Make ``previous`` a copy of ``path`` in one rename (a hard link where the file system
     has them), so both names always hold a complete file."""
+    if _same_file(path, previous):  # a write cut short after keeping it: kept already
+        return
     fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(previous), suffix=_PARTIAL, dir=path.parent)
     os.close(fd)
     try:
@@ -127,9 +129,15 @@ def _keep_as(path: Path, previous: Path) -> None:
 
             shutil.copyfile(path, tmp)
         os.replace(tmp, previous)
-    except BaseException:
+    finally:  # rename(2) between two links of one file does nothing and keeps both names
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _fsync_folder(folder: Path) -> None:

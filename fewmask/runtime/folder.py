@@ -34,9 +34,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fewmask.config import dump_config, read_config_file
+from fewmask.config import config_yaml, read_config_file
 from fewmask.errors import CheckpointError, ConfigError, FewmaskWarning
 from fewmask.runtime.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
+from fewmask.runtime.files import open_run_file, write_run_text
 from fewmask.runtime.lock import LOCK_NAME, acquire, locked, release
 
 
@@ -151,7 +152,7 @@ class RunFolder:
         ]
         removed = []
         for path in files:
-            if path.is_file():
+            if path.is_file() and not path.is_symlink():  # a link planted here is not ours
                 path.unlink()
                 removed.append(path)
         for folder in (legacy, self.path):
@@ -230,7 +231,7 @@ class RunFolder:
         """Record that training stopped early at ``iteration`` (``stopped.json``)."""
         self.create()
         info = {"iteration": iteration, "reason": reason, "time": time.time()}
-        self.stopped.write_text(json.dumps(info, indent=2) + "\n")
+        write_run_text(self.stopped, json.dumps(info, indent=2) + "\n")
 
     def read_stopped(self) -> dict[str, Any] | None:
         """Why the last training stopped early, or None if it did not."""
@@ -246,24 +247,40 @@ class RunFolder:
         self.stopped.unlink(missing_ok=True)
 
     def _why_none(self) -> str:
+        """Why the folder has no checkpoint, from the files it does hold."""
         stopped = self.read_stopped()
         if stopped is not None:
             return (
                 f"training stopped at iteration {stopped.get('iteration')}, before its first "
                 f"checkpoint: {stopped.get('reason')}"
             )
+        again = (
+            f"`fewmask train {self.config} --run-dir NEW_DIR`"
+            if self.config.is_file()
+            else "its config into a new folder"
+        )
+        if self.has_results():
+            try:
+                iteration = f" at iteration {self.read_results().get('iteration')}"
+            except (OSError, ValueError, AttributeError):
+                iteration = ""
+            return (
+                f"the run finished{iteration} ({self.results} holds its meta-test) and its "
+                "checkpoints were removed since, so it can be neither resumed nor tested again; "
+                f"to train it again, run {again}"
+            )
         if self.config.is_file():
             return (
-                "the run stopped before its first checkpoint; start it again with "
-                f"`fewmask train {self.config} --run-dir {self.path}`"
+                "no checkpoint of this run is left: it stopped before its first checkpoint, or "
+                f"its checkpoints were removed; start it again with {again}"
             )
-        return f"is {self.path} a fewmask run?"
+        return f"{self.path} holds none of the files of a fewmask run; is it a run folder?"
 
     # ------------------------------------------------------------------ config copy, results
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Write the human-readable copy of the run's config (plain data) as ``config.yaml``."""
         self.create()
-        dump_config(config, self.config)
+        write_run_text(self.config, config_yaml(config))
 
     def read_config(self) -> dict[str, Any]:
         """The human-readable copy ``config.yaml`` (resuming reads the checkpoint's instead)."""
@@ -271,7 +288,7 @@ class RunFolder:
 
     def write_results(self, results: Mapping[str, Any]) -> None:
         self.create()
-        self.results.write_text(json.dumps(results, indent=2) + "\n")
+        write_run_text(self.results, json.dumps(results, indent=2) + "\n")
 
     def read_results(self) -> dict[str, Any]:
         return json.loads(self.results.read_text())
@@ -281,11 +298,14 @@ class RunFolder:
         training's ``results.json`` (which experiments reuse); returns the file."""
         self.create()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        text = json.dumps(results, indent=2, default=str) + "\n"
         path, n = self.path / f"test-{stamp}.json", 2
-        while path.exists():
-            path, n = self.path / f"test-{stamp}-{n}.json", n + 1
-        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        return path
+        while True:
+            try:
+                write_run_text(path, text, mode="x")  # a new file: nothing of anyone's replaced
+                return path
+            except FileExistsError:
+                path, n = self.path / f"test-{stamp}-{n}.json", n + 1
 
     def test_results(self) -> list[Path]:
         """The files of later meta-tests, oldest first."""
@@ -295,6 +315,6 @@ class RunFolder:
         """Append a resume (its iteration and the config values it changed) to ``resumes.jsonl``."""
         self.create()
         line = {"iteration": iteration, "time": time.time(), "changes": dict(changes)}
-        with self.resumes.open("a") as handle:
+        with open_run_file(self.resumes, "a") as handle:
             handle.write(json.dumps(line) + "\n")
         return self.resumes

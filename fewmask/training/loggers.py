@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from fewmask.options import converter
+from fewmask.runtime.files import open_run_file, write_run_bytes
 from fewmask.runtime.folder import RunFolder
 
 
@@ -84,17 +85,18 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run = run if isinstance(run, RunFolder) else RunFolder(run)
+        self.jsonl = self.run.metrics
+        open_run_file(self.jsonl, "a").close()  # a file of its own (not a link or a FIFO)
         _wait_for_a_later_second(self.run.tensorboard)
         self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=resume_step)
-        self.jsonl = self.run.metrics
-        if resume_step is not None and self.jsonl.exists():
+        if resume_step is not None:
             kept = [
                 line
                 for line in self.jsonl.read_bytes().splitlines()
                 if (step := _step(line)) is not None and step < resume_step
             ]
-            self.jsonl.write_bytes(b"".join(line + b"\n" for line in kept))
-        self._file = self.jsonl.open("a", buffering=1)  # line by line, so `tail -f` works
+            write_run_bytes(self.jsonl, b"".join(line + b"\n" for line in kept))
+        self._file = open_run_file(self.jsonl, "a", buffering=1)  # by line: `tail -f` works
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)

@@ -1,0 +1,136 @@
+"""Issue 22: the last data-loss paths, true messages, and input faults named (not "report it").
+
+Each test repeats a repro of the issue at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fewmask.cli import main
+from fewmask.errors import RunFileError
+from fewmask.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fewmask.runtime.files import open_run_file
+from fewmask.runtime.folder import RunFolder
+
+
+@pytest.fixture
+def config(tmp_path, tiny_run) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(tiny_run(2))
+    return path
+
+
+@pytest.fixture
+def train(config) -> Callable[..., int]:
+    """``train(run_dir, *overrides)``: ``fewmask train`` of the tiny config."""
+
+    def run(run_dir: Path, *overrides: str) -> int:
+        args = ["train", str(config), "--run-dir", str(run_dir)]
+        return main([*args, *(x for o in overrides for x in ("-o", o))])
+
+    return run
+
+
+def _precious(tmp_path: Path) -> Path:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious\n")
+    return notes
+
+
+# ----------------------------------------------------------------------------- 1: planted links
+
+
+@pytest.mark.parametrize("name", ["run.lock", "metrics.jsonl", "config.yaml"])
+def test_a_symlink_planted_in_a_run_folder_is_never_written_through(train, tmp_path, capsys, name):
+    notes = _precious(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).symlink_to(notes)
+    assert train(run) == 2
+    err = capsys.readouterr().err
+    assert "RunFileError" in err and f"{name} is a symbolic link" in err and "Traceback" not in err
+    assert notes.read_text() == "precious\n"
+    assert (run / name).is_symlink()  # left as it was
+
+
+WRITERS: dict[str, Callable[[RunFolder], object]] = {
+    "stopped.json": lambda run: run.write_stopped(3, "a NaN"),
+    "config.yaml": lambda run: run.write_config({"seed": 1}),
+    "results.json": lambda run: run.write_results({"accuracy": 0.5}),
+    "resumes.jsonl": lambda run: run.record_resume(3, {"train.iterations": 9}),
+}
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_every_run_folder_writer_refuses_links(tmp_path, name, link):
+    notes = _precious(tmp_path)
+    run = RunFolder(tmp_path / "run")
+    run.create()
+    if link == "symbolic":
+        (run.path / name).symlink_to(notes)
+    else:
+        os.link(notes, run.path / name)
+    with pytest.raises(RunFileError, match="link"):
+        WRITERS[name](run)
+    assert notes.read_text() == "precious\n"
+
+
+def test_a_fifo_in_place_of_a_run_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "metrics.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(RunFileError, match="not a regular file"):
+        open_run_file(fifo, "a")
+    from fewmask.training.loggers import RunLogger
+
+    with pytest.raises(RunFileError, match="not a regular file"):
+        RunLogger(tmp_path, resume_step=1)
+    assert not list(tmp_path.glob("events.out.tfevents.*"))  # refused before anything is written
+
+
+def test_force_does_not_remove_a_link_planted_in_the_run_folder(tmp_path):
+    notes = _precious(tmp_path)
+    run = RunFolder(tmp_path / "run")
+    run.create()
+    (run.path / "results.json").symlink_to(notes)
+    run.discard_all()
+    assert (run.path / "results.json").is_symlink() and notes.read_text() == "precious\n"
+
+
+# ----------------------------------------------------------------------------- 7, 15: checkpoints
+
+
+def test_resume_of_a_finished_run_without_checkpoints_says_it_finished(train, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(run) == 0
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "the run finished at iteration 2" in err and "checkpoints were removed" in err
+    assert "before its first checkpoint" not in err.replace("stopped before its first", "")
+    assert main(["test", str(run)]) == 2
+    assert "the run finished" in capsys.readouterr().err
+
+
+def test_a_write_cut_short_after_keeping_the_previous_leaves_no_temporary_file(tmp_path):
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    save_checkpoint({"iteration": 1}, latest)
+    os.link(latest, previous)  # killed after keeping checkpoint.prev.pt, before the rename
+    save_checkpoint({"iteration": 2}, latest, previous=previous)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.prev.pt", "checkpoint.pt"]
+    assert load_checkpoint(latest)["iteration"] == 2
+    assert load_checkpoint(previous)["iteration"] == 1
+
+
+def test_results_written_by_test_never_replace_a_file(tmp_path):
+    run = RunFolder(tmp_path)
+    first = run.write_test_results({"a": 1})
+    second = run.write_test_results({"a": 2})
+    assert first != second and json.loads(first.read_text()) == {"a": 1}
