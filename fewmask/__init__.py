@@ -35,8 +35,8 @@ from fewmask.errors import (
     NonFiniteError,
     PluginLoadError,
     ResourceError,
-    RunFolderError,
     RunFileError,
+    RunFolderError,
     RunLockedError,
     UnknownComponentError,
 )

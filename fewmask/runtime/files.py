@@ -14,7 +14,6 @@ leaves it untouched. Checkpoints are written to a fresh temporary file renamed o
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 from pathlib import Path
@@ -69,8 +68,8 @@ def open_run_file(
     fd = open_run_fd(path, mode)
     try:
         if binary:
-            return io.open(fd, "ab" if mode == "a" else "wb", **kwargs)
-        return io.open(fd, "a" if mode == "a" else "w", encoding="utf-8", **kwargs)
+            return open(fd, "ab" if mode == "a" else "wb", **kwargs)
+        return open(fd, "a" if mode == "a" else "w", encoding="utf-8", **kwargs)
     except BaseException:
         os.close(fd)
         raise
