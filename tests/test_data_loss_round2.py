@@ -134,3 +134,53 @@ def test_results_written_by_test_never_replace_a_file(tmp_path):
     first = run.write_test_results({"a": 1})
     second = run.write_test_results({"a": 2})
     assert first != second and json.loads(first.read_text()) == {"a": 1}
+
+
+# ----------------------------------------------------------------------------- 9, 13, 16: input
+
+
+def test_a_value_beyond_the_runs_float_range_is_refused_by_validate(config, capsys):
+    for command in ("validate", "train"):
+        assert main([command, str(config), "-o", "objective.options.lr=1.0e39"]) == 2
+        err = capsys.readouterr().err
+        assert "$.objective.options.lr: 1e+39 is beyond the range of float32" in err, err
+    wide = ["-o", "objective.options.lr=1.0e300", "-o", "train.dtype=float64"]
+    assert main(["validate", str(config), *wide]) == 0  # float64 holds it
+    capsys.readouterr()
+    from fewmask.config.resolve import dtype_range_problems
+
+    nested = [("$.x", {"rates": [0.1, -1e300], "ok": 3.0e38, "n": 10**40})]
+    assert dtype_range_problems(nested, "float32") == [
+        "$.x.rates[1]: -1e+300 is beyond the range of float32 (at most 3.403e+38 in magnitude), "
+        "which the run computes in; use a smaller value (or train.dtype: float64)"
+    ]
+
+
+def test_a_run_dir_beyond_the_basic_multilingual_plane_is_accepted(config, tmp_path, capsys):
+    run = tmp_path / "emoji\U0001f600"
+    assert main(["train", str(config), "--run-dir", str(run)]) == 0
+    assert (run / "results.json").is_file()
+    assert main(["validate", str(config), "-o", 'run_dir="x\\ud83d\\ude00"']) == 0
+    assert 'run_dir: "x\\U0001F600"' in capsys.readouterr().out  # one character
+
+
+def test_thousands_of_problems_are_capped_and_counted(tmp_path, tiny_run, capsys):
+    import yaml
+
+    data = yaml.safe_load(tiny_run(2))
+    data["train"].update({f"k{i}": 1 for i in range(20_000)})
+    data.update({f"top{i}": 1 for i in range(100)})
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 5_000, len(err)
+    assert "and 19,990 more" in err and "and 90 more" in err
+
+
+def test_more_problems_than_shown_are_counted():
+    from fewmask.errors import MAX_PROBLEMS_SHOWN, ConfigError
+
+    error = ConfigError([f"$.x{i}: bad" for i in range(MAX_PROBLEMS_SHOWN + 5)] + ["y" * 10**6])
+    assert len(error.problems) == MAX_PROBLEMS_SHOWN + 6
+    assert str(error).endswith("... and 6 more problem(s)") and len(str(error)) < 10_000
