@@ -4,15 +4,18 @@ Each test repeats a repro of the issue at a tiny size."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-from collections.abc import Callable
+import resource
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fewmask.cli import main
-from fewmask.errors import RunFileError
+from fewmask.errors import CheckpointWriteError, RunFileError
 from fewmask.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fewmask.runtime.files import open_run_file
 from fewmask.runtime.folder import RunFolder
@@ -184,3 +187,38 @@ def test_more_problems_than_shown_are_counted():
     error = ConfigError([f"$.x{i}: bad" for i in range(MAX_PROBLEMS_SHOWN + 5)] + ["y" * 10**6])
     assert len(error.problems) == MAX_PROBLEMS_SHOWN + 6
     assert str(error).endswith("... and 6 more problem(s)") and len(str(error)) < 10_000
+
+
+# ----------------------------------------------------------------------------- 8: a full disk
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int) -> Iterator[None]:
+    """``ulimit -f`` in this process (Python ignores SIGXFSZ: a write past it fails EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_checkpoint_past_the_file_size_limit_names_the_file_and_keeps_the_old(tmp_path):
+    import torch
+
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    save_checkpoint({"iteration": 1}, latest)
+    with file_size_limit(50_000), pytest.raises(CheckpointWriteError) as caught:
+        save_checkpoint({"iteration": 2, "w": torch.zeros(100_000)}, latest, previous=previous)
+    message = str(caught.value)
+    assert caught.value.errno == errno.EFBIG
+    assert f"cannot write checkpoint {latest}: File too large" in message
+    assert f"the previous checkpoint {latest} is kept" in message and "ulimit -f" in message
+    assert load_checkpoint(latest)["iteration"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+    from fewmask.cli.errors import describe
+
+    assert describe(caught.value)[1] == 1 and "internal error" not in describe(caught.value)[0]
+    first = tmp_path / "new" / "checkpoint.pt"
+    with file_size_limit(50_000), pytest.raises(CheckpointWriteError, match="none is kept"):
+        save_checkpoint({"w": torch.zeros(100_000)}, first)

@@ -26,6 +26,8 @@ _FIXES = {
     errno.EPERM: "check the permissions of the file or folder, or choose another",
     errno.EROFS: "the file system is read-only; choose another folder",
     errno.ENOSPC: "free disk space (or choose another folder), then resume the run",
+    errno.EFBIG: "the file would exceed the largest file allowed (the process's file-size limit, "
+    "ulimit -f, or the file system's); raise the limit, then resume the run",
     errno.EDQUOT: "free disk space in your quota, then resume the run",
     errno.ENAMETOOLONG: "choose a shorter path",
     errno.ENOENT: "check the path",
