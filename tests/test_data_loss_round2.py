@@ -222,3 +222,17 @@ def test_a_checkpoint_past_the_file_size_limit_names_the_file_and_keeps_the_old(
     first = tmp_path / "new" / "checkpoint.pt"
     with file_size_limit(50_000), pytest.raises(CheckpointWriteError, match="none is kept"):
         save_checkpoint({"w": torch.zeros(100_000)}, first)
+
+
+# ----------------------------------------------------------------------------- 5: advice
+
+
+def test_test_of_a_read_only_run_advises_what_test_can_do(train, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert train(run) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("fewmask.config.schema._writable", lambda folder: False)  # root: pretend
+    assert main(["test", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is not writable by you: give write permission (chmod u+w" in err
+    assert "--run-dir" not in err  # `fewmask test` has no such option

@@ -172,8 +172,8 @@ def _take_over_stale(path: Path, fd: int) -> None:
 
 def _locked_error(path: Path, owner: dict[str, Any] | None) -> RunLockedError:
     return RunLockedError(
-        f"{path.parent} is in use by {describe(owner)}; wait for it to finish, stop it, or "
-        "choose another folder with --run-dir"
+        f"{path.parent} is in use by {describe(owner)}; wait for it to finish or stop it "
+        "(a new run can be written to another folder)"
     )
 
 
