@@ -109,6 +109,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from fewmask.session import resolve
 
     resolved = resolve(args.config, args.override)
+    for field in ("sampler", "masker", "inner", "objective"):  # as train builds them, before
+        resolved.components[field].build()  # the data: their constructors' checks
     check_data_sources(resolved)  # what train would refuse before reading data
     import yaml
 
