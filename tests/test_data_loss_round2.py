@@ -236,3 +236,18 @@ def test_test_of_a_read_only_run_advises_what_test_can_do(train, tmp_path, capsy
     err = capsys.readouterr().err
     assert "is not writable by you: give write permission (chmod u+w" in err
     assert "--run-dir" not in err  # `fewmask test` has no such option
+
+
+# ----------------------------------------------------------------------------- 11: memory
+
+
+def test_the_estimate_counts_the_meta_batch_in_the_runs_dtype():
+    import torch
+    from torch import nn
+
+    from fewmask.runtime.memory import estimate_memory
+
+    sizes = {"ways": 5, "shots": 1, "queries": 15, "meta_batch": 10_000, "inner_steps": 1}
+    estimate = estimate_memory(lambda: nn.Linear(784, 5), (784,), dtype=torch.float32, **sizes)
+    drawn = 10_000 * 5 * 16 * 784  # uint8
+    assert estimate.episode_bytes == drawn * (1 + 4)  # and the float32 copy of the whole batch

@@ -280,6 +280,9 @@ def test_bombs_stay_within_a_memory_limit_in_a_child_process(tmp_path):
     # sizes that validate but cannot fit: refused from the estimate, before allocation
     big = ["train", str(valid), "-o", "backbone.options.hidden=[2000000]"]
     commands.append(big)
+    # a meta-batch whose episodes in the run's dtype cannot fit (issue 22, item 11)
+    huge = ["-o", "train.meta_batch_size=10000", "-o", "sampler.options.queries=15"]
+    commands.append(["train", str(valid), *huge, "--force"])
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(CHILD), str(valid), *map(json.dumps, commands)],
         capture_output=True,

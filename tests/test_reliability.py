@@ -155,7 +155,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(reference, tmp_p
 
 
 def test_interrupted_write_in_process_leaves_old_checkpoint(tmp_path, monkeypatch):
-    from fewmask import checkpoint
+    from fewmask.runtime import checkpoint
 
     checkpoint.save_checkpoint({"iteration": 1}, tmp_path / "c.pt")
 

@@ -44,7 +44,7 @@ def report(exc: BaseException, debug: bool = False, stream: TextIO | None = None
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)
     message, status = describe(exc)
     print(f"fewmask: {message}", file=stream)
-    if status == 1 and not isinstance(exc, (FewmaskError, OSError, MemoryError)) and not debug:
+    if message.startswith(INTERNAL) and not debug:  # a bug: the only failure to report
         print("fewmask: rerun with --debug for the traceback, and report it", file=stream)
     return status
 
@@ -62,12 +62,18 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, MemoryError) or _is_out_of_memory(exc):
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         return (
-            f"out of memory{f' ({first})' if first else ''}; make the backbone, ways, shots, "
-            "inner steps or meta_batch_size smaller, or use a device with more memory",
+            f"ResourceError: out of memory{f' ({first})' if first else ''}; the memory "
+            "estimate checked before training is a lower bound, and this run needs more: make "
+            "the backbone, ways, shots, queries, inner steps or meta_batch_size smaller, or use "
+            "a device with more memory",
             1,
         )
     first = (str(exc).strip().splitlines() or [""])[0][:500]
-    return f"internal error: {type(exc).__name__}: {first}", 1
+    return f"{INTERNAL} {type(exc).__name__}: {first}", 1
+
+
+INTERNAL = "internal error:"
+"""How a bug (and only a bug) is announced."""
 
 
 def _os_error(exc: OSError) -> str:

@@ -193,7 +193,9 @@ def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
         else "no checkpoint of this run was written before, so none is kept"
     )
     then = "resume the run" if path.is_file() else "start the run again"
-    error = CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; {kept}. {fix}, {then}")
+    error = CheckpointWriteError(
+        f"cannot write checkpoint {path}: {reason}; {kept}. {fix}; then {then}"
+    )
     error.errno = exc.errno
     return error
 
