@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -95,6 +96,28 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "can't allocate memory" in text or "out of memory" in text.lower()
     )
+
+
+@contextmanager
+def thread_failures_reported(debug: bool = False, stream: TextIO | None = None) -> Iterator[None]:
+    """Inside: an exception that ends a background thread (TensorBoard's writer on a full disk)
+    is one ``fewmask: warning:`` line, not a traceback (``debug``: the traceback too); the
+    command fails on its own when it next needs that thread, with the path and the fix."""
+    original = threading.excepthook
+
+    def hook(info: threading.ExceptHookArgs) -> None:
+        out = stream or sys.stderr
+        if debug:
+            original(info)
+        name = info.thread.name if info.thread is not None else "a thread"
+        message, _ = describe(info.exc_value) if info.exc_value else ("stopped", 1)
+        print(f"fewmask: warning: background thread {name} stopped: {message}", file=out)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = original
 
 
 @contextmanager

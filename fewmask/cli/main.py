@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fewmask.cli import commands
-from fewmask.cli.errors import report, shown_warnings
+from fewmask.cli.errors import report, shown_warnings, thread_failures_reported
 from fewmask.runtime import distributed
 from fewmask.runtime.lock import release_all
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("FEWMASK_DEBUG", "") not in ("", "0")
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
-        with shown_warnings():
+        with shown_warnings(), thread_failures_reported(debug):
             return args.func(args)
     except KeyboardInterrupt:
         print("fewmask: interrupted; the last checkpoint is kept", file=sys.stderr)

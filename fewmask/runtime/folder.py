@@ -26,6 +26,7 @@ config copy and ask whether a folder holds a run. Resuming reads the config from
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import time
@@ -39,6 +40,24 @@ from fewmask.errors import CheckpointError, ConfigError, FewmaskWarning
 from fewmask.runtime.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
 from fewmask.runtime.files import open_run_file, write_run_text
 from fewmask.runtime.lock import LOCK_NAME, acquire, locked, release
+
+OWN_FILES = (
+    "checkpoint.pt",
+    "checkpoint.prev.pt",
+    "config.yaml",
+    "results.json",
+    "metrics.jsonl",
+    "resumes.jsonl",
+    "stopped.json",
+    "run.lock",
+    "test-*.json",
+    "events.out.tfevents.*",
+    "tensorboard/events.out.tfevents.*",
+    ".checkpoint.pt.*.tmp",
+    ".checkpoint.prev.pt.*.tmp",
+)
+"""Every file fewmask writes in a run folder, as glob patterns relative to it (the module
+docstring says what each holds)."""
 
 
 def _in_run(name: str) -> property:
@@ -135,21 +154,7 @@ class RunFolder:
         if not self.path.is_dir():
             return []
         legacy = self.path / self.TENSORBOARD
-        files = [
-            self.checkpoint,
-            self.previous_checkpoint,
-            self.config,
-            self.results,
-            self.metrics,
-            self.resumes,
-            self.stopped,
-            self.lock_file,
-            *self.test_results(),
-            *self.path.glob("events.out.tfevents.*"),
-            *legacy.glob("events.out.tfevents.*"),
-            *self.path.glob(".checkpoint.pt.*.tmp"),
-            *self.path.glob(".checkpoint.prev.pt.*.tmp"),
-        ]
+        files = [path for pattern in OWN_FILES for path in sorted(self.path.glob(pattern))]
         removed = []
         for path in files:
             if path.is_file() and not path.is_symlink():  # a link planted here is not ours
@@ -161,6 +166,15 @@ class RunFolder:
             except OSError:  # not empty: files fewmask did not write stay
                 pass
         return removed
+
+    def owns(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is one of the files fewmask names in this run folder
+        (:data:`OWN_FILES`); nothing else in it is ever written or removed."""
+        try:
+            relative = Path(path).relative_to(self.path).as_posix()
+        except ValueError:
+            return False
+        return any(fnmatch.fnmatchcase(relative, pattern) for pattern in OWN_FILES)
 
     # ------------------------------------------------------------------ checkpoint
     def load_checkpoint(self, what: str = "RUN_DIR") -> dict[str, Any]:

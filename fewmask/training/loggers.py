@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -129,13 +130,28 @@ class RunLogger:
 
     def flush(self) -> None:
         """Put everything logged so far on disk (called before every checkpoint)."""
-        self.writer.flush()
+        with self._events_named():
+            self.writer.flush()
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self.writer.close()
-        self._file.close()
+        try:
+            with self._events_named():
+                self.writer.close()
+        finally:
+            self._file.close()
+
+    @contextlib.contextmanager
+    def _events_named(self) -> Iterator[None]:
+        """TensorBoard's writer thread fails without naming its file (a full disk): name it."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            where = self.run.tensorboard / "events.out.tfevents.*"
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(where)) from None
 
 
 def _run_data(config: Mapping[str, Any] | None, train: Any) -> dict[str, Any]:
