@@ -329,29 +329,38 @@ PLANTS = ["symlink", "hardlink", "fifo", "folder", "foreign", "readonly", "corru
 
 def command_cases(seed: int = 22, count: int = 24) -> list[dict]:
     """``count`` cases: ``{"plant": [kind, name] | None, "fsize": bytes | None, "args": [...]}``
-    (``RUN`` and ``CONFIG`` in ``args`` stand for the run folder and the config file)."""
+    (``RUN`` and ``CONFIG`` in ``args`` stand for the run folder and the config file). Three in
+    four plant something, mostly with valid overrides so that the command gets to writing."""
     import random
 
     draw = random.Random(seed)
+    links = [[kind, name] for kind in ("symlink", "hardlink") for name in RUN_FILES]
+    others = [[kind, name] for kind in PLANTS[2:] for name in RUN_FILES]
+    draw.shuffle(links)
+    draw.shuffle(others)
+    plants = iter(links + others)  # every link first: the attack of issue 22
     cases = []
     for i in range(count):
         command = ("train", "resume", "test")[i % 3]
+        fsize = draw.choice([4_000, 30_000, 300_000]) if draw.random() < 0.25 else None
+        plant = next(plants) if i % 4 != 3 and fsize is None else None
         if command == "train":
-            args = ["train", "CONFIG", "--run-dir", "RUN", "--force"]
-            fields = NUMERIC_TRAIN
+            args, fields = ["train", "CONFIG", "--run-dir", "RUN", "--force"], NUMERIC_TRAIN
         elif command == "resume":
             args, fields = ["train", "--resume", "RUN"], RESUME_FIELDS
+            if plant or fsize:  # train on, so that every file of a resume is written
+                args += ["-o", "train.iterations=3"]
         else:
             args, fields = ["test", "RUN"], TEST_FIELDS
-        for field in draw.sample(fields, draw.randint(0, 2)):
+        mutated = draw.randint(1, 2) if plant is None else int(draw.random() < 0.3)
+        mutated = 0 if fsize else mutated  # a full disk: a valid command that gets to writing
+        for field in draw.sample(fields, mutated):
             value = draw.choice(EXTREMES + HUGE + ["cuda:7", "heldout", "3"])
             if field == "backbone.options.hidden":
                 value = f"[{value}]"
             if field == "train.iterations":  # up to 10**9 is allowed: only what ends fast
                 value = draw.choice(["3", "0", "-1", "1.5", str(2**63), "1.0e39", ".nan", "x"])
             args += ["-o", f"{field}={value}"]
-        plant = [draw.choice(PLANTS), draw.choice(RUN_FILES)] if draw.random() < 0.6 else None
-        fsize = draw.choice([4_000, 30_000, 300_000]) if draw.random() < 0.25 else None
         cases.append({"plant": plant, "fsize": fsize, "args": args})
     return cases
 
