@@ -273,6 +273,7 @@ class RunFolder:
             if self.config.is_file()
             else "its config into a new folder"
         )
+        here = f"`fewmask train {self.config} --run-dir {self.path}`"  # it holds no run
         if self.has_results():
             try:
                 iteration = f" at iteration {self.read_results().get('iteration')}"
@@ -286,7 +287,7 @@ class RunFolder:
         if self.config.is_file():
             return (
                 "no checkpoint of this run is left: it stopped before its first checkpoint, or "
-                f"its checkpoints were removed; start it again with {again}"
+                f"its checkpoints were removed; start it again with {here}"
             )
         return f"{self.path} holds none of the files of a fewmask run; is it a run folder?"
 
