@@ -38,8 +38,25 @@ class ConfigError(FewmaskError, ValueError):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
         where = f" in {source}" if source else ""
-        lines = "\n".join(f"  {p}" for p in self.problems)
+        shown = [_shortened(p) for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:
+            shown.append(f"... and {len(self.problems) - MAX_PROBLEMS_SHOWN:,} more problem(s)")
+        lines = "\n".join(f"  {p}" for p in shown)
         super().__init__(f"{len(self.problems)} problem(s){where}:\n{lines}")
+
+
+MAX_PROBLEMS_SHOWN = 30
+"""Problems a ConfigError prints; the rest are counted (all stay in ``problems``)."""
+MAX_PROBLEM_CHARS = 2000
+"""Characters a problem line prints at most (a value may be long)."""
+
+
+def _shortened(problem: str) -> str:
+    if len(problem) <= MAX_PROBLEM_CHARS:
+        return problem
+    return (
+        f"{problem[:MAX_PROBLEM_CHARS]}... ({len(problem) - MAX_PROBLEM_CHARS:,} more characters)"
+    )
 
 
 class UnknownComponentError(FewmaskError, LookupError):
@@ -92,6 +109,13 @@ class RunFolderError(FewmaskError):
 
 class RunLockedError(RunFolderError):
     """A run folder in use by another ``fewmask`` process (its lock file names the owner)."""
+
+    exit_code = 2
+
+
+class RunFileError(RunFolderError):
+    """A file in a run folder that fewmask will not write: a symbolic or hard link, a FIFO, a
+    folder where a file of the run belongs (someone else's file, left untouched)."""
 
     exit_code = 2
 

@@ -156,13 +156,20 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
+MAX_LISTED = 10
+"""Names listed in one problem line (the rest are counted)."""
+
+
 def unknown_keys_message(unknown: Iterable[str], valid: list[str]) -> str:
     """``unknown key(s): a (did you mean 'b'?), c``, or the valid keys when none is close."""
     words, close_to_any = [], False
-    for key in sorted(unknown):
+    unknown = sorted(unknown)
+    for key in unknown[:MAX_LISTED]:
         close = closest_name(key, valid)
         close_to_any |= close is not None
         words.append(f"{key} (did you mean {close!r}?)" if close else key)
+    if len(unknown) > MAX_LISTED:
+        words.append(f"and {len(unknown) - MAX_LISTED:,} more")
     text = f"unknown key(s): {', '.join(words)}"
     return text if close_to_any else f"{text}; valid: {', '.join(valid)}"
 

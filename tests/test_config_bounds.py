@@ -163,7 +163,7 @@ def test_run_dir_that_is_a_file_or_under_a_file_or_not_writable(tmp_path, capsys
         assert message in capsys.readouterr().err
     monkeypatch.setattr("os.access", lambda *a, **k: False)  # root writes anywhere; pretend
     assert main(["validate", str(path), "-o", f"run_dir={tmp_path / 'ro'}"]) == 2
-    assert "is not writable; choose a folder you can write" in capsys.readouterr().err
+    assert "is not writable by you: give write permission" in capsys.readouterr().err
     assert afile.read_text() == "mine"
 
 

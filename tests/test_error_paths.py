@@ -3,13 +3,14 @@ and 1 for a failure at run time, a traceback only under --debug (issue 12, item 
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import torch
 
 from fewmask.cli import main
-from fewmask.cli.errors import describe
+from fewmask.cli.errors import describe, report
 from fewmask.datasets.folders import ImageFolderConfig, ImageFolderSource
 from fewmask.datasets.layout import read_split_file
 from fewmask.errors import DatasetError
@@ -74,13 +75,14 @@ def test_an_unreplaceable_checkpoint_is_a_checkpoint_error(config, tmp_path, cap
     assert train(config, run) == 1
     err = capsys.readouterr().err
     assert f"CheckpointWriteError: cannot write checkpoint {run / 'checkpoint.pt'}" in err
-    assert "Permission denied; the previous checkpoint is kept" in err and "Traceback" not in err
+    assert "Traceback" not in err
+    assert "Permission denied; no checkpoint of this run was written before, so none is kept" in err
     assert not list(run.glob(".checkpoint.pt.*.tmp"))
     monkeypatch.undo()
     (tmp_path / "other" / "checkpoint.pt").mkdir(parents=True)  # a folder in the way
     assert train(config, tmp_path / "other") == 1
     err = capsys.readouterr().err
-    assert f"'{tmp_path / 'other' / 'checkpoint.pt'}': Is a directory" in err
+    assert f"cannot write checkpoint {tmp_path / 'other' / 'checkpoint.pt'}: Is a directory" in err
     assert "Traceback" not in err
 
 
@@ -141,10 +143,14 @@ def test_describe_maps_every_kind_of_failure():
     assert describe(RunLockedError("in use"))[1] == 2
     assert describe(ResourceError("too big"))[1] == 2
     assert describe(DatasetError("missing"))[1] == 2
-    assert describe(MemoryError())[0].startswith("out of memory")
-    assert describe(RuntimeError("DefaultCPUAllocator: can't allocate memory: 68 GB"))[
-        0
-    ].startswith("out of memory")
+    assert describe(MemoryError()) == (describe(MemoryError())[0], 1)
+    assert describe(MemoryError())[0].startswith("ResourceError: out of memory")
+    oom = RuntimeError("DefaultCPUAllocator: can't allocate memory: 68 GB")
+    assert describe(oom)[0].startswith("ResourceError: out of memory")
+    stream = io.StringIO()
+    assert report(oom, stream=stream) == 1
+    assert "report it" not in stream.getvalue() and "meta_batch_size smaller" in stream.getvalue()
+    assert report(KeyError("bug"), stream=stream) == 1 and "report it" in stream.getvalue()
     message, status = describe(OSError(28, "No space left on device", "/x/checkpoint.pt"))
     assert status == 1 and "'/x/checkpoint.pt': No space left" in message and "free disk" in message
 

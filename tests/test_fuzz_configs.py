@@ -280,6 +280,9 @@ def test_bombs_stay_within_a_memory_limit_in_a_child_process(tmp_path):
     # sizes that validate but cannot fit: refused from the estimate, before allocation
     big = ["train", str(valid), "-o", "backbone.options.hidden=[2000000]"]
     commands.append(big)
+    # a meta-batch whose episodes in the run's dtype cannot fit (issue 22, item 11)
+    huge = ["-o", "train.meta_batch_size=10000", "-o", "sampler.options.queries=15"]
+    commands.append(["train", str(valid), *huge, "--force"])
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(CHILD), str(valid), *map(json.dumps, commands)],
         capture_output=True,
@@ -295,3 +298,186 @@ def test_bombs_stay_within_a_memory_limit_in_a_child_process(tmp_path):
         assert status == 2, f"{command}: exit {status}\n{proc.stderr[-2000:]}"
         assert seconds < 30, f"{command}: {seconds:.1f} s"
     assert "the run needs at least" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- issue 22
+# The command line (-o on train, test, --resume), the run folder (planted links, foreign and
+# read-only files, a FIFO, a folder in a file's place, a corrupt checkpoint, a full disk) and
+# numeric extremes, in one child process (torch is imported once) under an address-space and a
+# file-size limit. Every case starts from a fresh copy of one tiny finished run.
+
+EXTREMES = ["1.0e39", "-1.0e39", "3.0e38", "1.0e308", "1e-320", ".nan", ".inf", "-.inf", "0", "-1"]
+HUGE = [str(2**63), str(10**40), "1000000000", "1.5", "x", "[]", "{a: 1}", "null"]
+# fields whose every value ends quickly: refused by a bound, or a run of at most a few steps
+NUMERIC_TRAIN = [
+    "objective.options.lr",
+    "inner.options.lr",
+    "train.meta_batch_size",
+    "sampler.options.ways",
+    "sampler.options.shots",
+    "sampler.options.queries",
+    "inner.options.steps",
+    "seed",
+    "backbone.options.hidden",
+    "train.checkpoint_every",
+]
+RESUME_FIELDS = ["train.iterations", "train.checkpoint_every", "objective.options.lr", "seed"]
+TEST_FIELDS = ["seed", "train.device", "objective.options.lr", "dataset.options.set"]
+RUN_FILES = ["run.lock", "metrics.jsonl", "config.yaml", "results.json", "resumes.jsonl"]
+PLANTS = ["symlink", "hardlink", "fifo", "folder", "foreign", "readonly", "corrupt"]
+
+
+def command_cases(seed: int = 22, count: int = 24) -> list[dict]:
+    """``count`` cases: ``{"plant": [kind, name] | None, "fsize": bytes | None, "args": [...]}``
+    (``RUN`` and ``CONFIG`` in ``args`` stand for the run folder and the config file). Three in
+    four plant something, mostly with valid overrides so that the command gets to writing."""
+    import random
+
+    draw = random.Random(seed)
+    links = [[kind, name] for kind in ("symlink", "hardlink") for name in RUN_FILES]
+    others = [[kind, name] for kind in PLANTS[2:] for name in RUN_FILES]
+    draw.shuffle(links)
+    draw.shuffle(others)
+    plants = iter(links + others)  # every link first: the attack of issue 22
+    cases = []
+    for i in range(count):
+        command = ("train", "resume", "test")[i % 3]
+        fsize = draw.choice([4_000, 30_000, 300_000]) if draw.random() < 0.25 else None
+        plant = next(plants) if i % 4 != 3 and fsize is None else None
+        if command == "train":
+            args, fields = ["train", "CONFIG", "--run-dir", "RUN", "--force"], NUMERIC_TRAIN
+        elif command == "resume":
+            args, fields = ["train", "--resume", "RUN"], RESUME_FIELDS
+            if plant or fsize:  # train on, so that every file of a resume is written
+                args += ["-o", "train.iterations=3"]
+        else:
+            args, fields = ["test", "RUN"], TEST_FIELDS
+        mutated = draw.randint(1, 2) if plant is None else int(draw.random() < 0.3)
+        mutated = 0 if fsize else mutated  # a full disk: a valid command that gets to writing
+        for field in draw.sample(fields, mutated):
+            value = draw.choice(EXTREMES + HUGE + ["cuda:7", "heldout", "3"])
+            if field == "backbone.options.hidden":
+                value = f"[{value}]"
+            if field == "train.iterations":  # up to 10**9 is allowed: only what ends fast
+                value = draw.choice(["3", "0", "-1", "1.5", str(2**63), "1.0e39", ".nan", "x"])
+            args += ["-o", f"{field}={value}"]
+        cases.append({"plant": plant, "fsize": fsize, "args": args})
+    return cases
+
+
+COMMANDS_CHILD = r"""
+import contextlib, hashlib, io, json, os, resource, shutil, stat, sys
+from pathlib import Path
+from fewmask.cli import main
+from fewmask.runtime.folder import RunFolder
+
+work, config = Path(sys.argv[1]), sys.argv[2]
+cases = json.loads(Path(sys.argv[3]).read_text())
+notes = work / "notes.txt"
+base = work / "base"
+
+def run(args):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(args)
+    return status, err.getvalue()
+
+def vm_size():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+
+def snapshot(root, run):
+    # every file, link and folder under root but those the run folder names as its own
+    seen = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder, name)
+            if run.owns(path):
+                continue
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                seen[str(path)] = ("link", os.readlink(path))
+            elif stat.S_ISREG(info.st_mode):
+                seen[str(path)] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                seen[str(path)] = ("other", stat.S_IFMT(info.st_mode))
+    return seen
+
+def plant(kind, target):
+    target.unlink(missing_ok=True)
+    if kind == "symlink":
+        target.symlink_to(notes)
+    elif kind == "hardlink":
+        os.link(notes, target)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "folder":
+        target.mkdir()
+        (target / "mine.txt").write_text("mine")
+    elif kind == "foreign":
+        (target.parent / "notes.md").write_text("| mine |")
+        (target.parent / "test-mine.txt").write_text("mine")
+    elif kind == "readonly":
+        target.write_text("mine")
+        target.chmod(0o444)
+    elif kind == "corrupt":
+        ckpt = target.parent / "checkpoint.pt"
+        ckpt.write_bytes(ckpt.read_bytes()[: 1000])
+
+assert run(["train", config, "--run-dir", str(base)])[0] == 0
+soft_as, hard_as = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (vm_size() + (1 << 30), hard_as))
+_, hard_fsize = resource.getrlimit(resource.RLIMIT_FSIZE)
+results = []
+for i, case in enumerate(cases):
+    folder = work / f"case{i}"
+    shutil.copytree(base, folder)
+    notes.write_text("precious\n")
+    if case["plant"]:
+        plant(case["plant"][0], folder / case["plant"][1])
+    args = [{"RUN": str(folder), "CONFIG": config}.get(a, a) for a in case["args"]]
+    runfolder = RunFolder(folder)
+    before = snapshot(work, runfolder)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (case["fsize"] or (64 << 20), hard_fsize))
+    try:
+        status, err = run(args)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard_fsize, hard_fsize))
+    after = snapshot(work, runfolder)
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    results.append({"args": args, "plant": case["plant"], "fsize": case["fsize"],
+                    "status": status, "err": err[-1500:], "changed": changed})
+    for path in folder.rglob("*"):  # let the next copy be removed later
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+print("RESULTS " + json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_command_line_and_run_folder_mutations_within_limits(tmp_path, tiny_run):
+    config = tmp_path / "c.yaml"
+    config.write_text(tiny_run(2, test_episodes=2))
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps(command_cases()))
+    proc = subprocess.run(
+        [sys.executable, "-c", COMMANDS_CHILD, str(tmp_path), str(config), str(cases)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULTS "))
+    seen = set()
+    for case in json.loads(line.removeprefix("RESULTS ")):
+        where = json.dumps({k: case[k] for k in ("args", "plant", "fsize", "err")}, indent=1)
+        assert case["status"] in (0, 1, 2), where
+        assert "Traceback" not in case["err"] and "internal error" not in case["err"], where
+        said = [x for x in case["err"].splitlines() if x.startswith("fewmask: ")]
+        assert case["status"] == 0 or any("warning" not in x for x in said), where
+        assert not case["changed"], f"changed what is not fewmask's: {case['changed']}\n{where}"
+        seen.add(case["status"])
+    assert seen == {0, 1, 2}  # the cases reach success, runtime failures and refusals

@@ -211,7 +211,9 @@ def test_experiment_force_reruns_and_keeps_your_files(tmp_path, config, capsys):
     assert (out / "notes.md").read_text() == "mine"
     assert (out / "runs" / "model" / "notes.txt").read_text() == "mine"
     assert (out / "mask_pictures.csv").is_file()
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "## mask_pictures" in printed and "mask_pictures.csv" in printed
+    assert "## notes" not in printed and "notes.md" not in printed  # yours is not a table
 
 
 def test_train_force_removes_only_the_run_files(config, tmp_path, capsys):

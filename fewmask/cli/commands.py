@@ -110,6 +110,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from fewmask.session import resolve
 
     resolved = resolve(args.config, args.override)
+    for field in ("sampler", "masker", "inner", "objective"):  # as train builds them, before
+        resolved.components[field].build()  # the data: their constructors' checks
     check_data_sources(resolved)  # what train would refuse before reading data
     import yaml
 
@@ -244,6 +246,7 @@ def _parse_dataset_options(text: str | None) -> dict:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from fewmask.config import apply_overrides
     from fewmask.experiments import run_experiment
+    from fewmask.experiments.outputs import written
 
     settings = apply_overrides({}, args.setting, flag="-x", example="seeds=[1,2]")
     out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
@@ -258,9 +261,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         progress=args.progress,
         force=args.force,
     )
-    for table in sorted(out.glob("*.md")):
+    own = [p for p in written(out) if p.parent == out]  # never a file of yours in OUT
+    for table in sorted(p for p in own if p.suffix == ".md"):
         print(f"## {table.stem}\n\n{table.read_text()}")
-    outputs = sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".md", ".png"))
+    outputs = sorted(p.name for p in own if p.suffix in (".csv", ".md", ".png"))
     print(f"outputs in {out}: {', '.join(outputs)}; TensorBoard: {tensorboard_command(out)}")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ _FIXES = {
     errno.EPERM: "check the permissions of the file or folder, or choose another",
     errno.EROFS: "the file system is read-only; choose another folder",
     errno.ENOSPC: "free disk space (or choose another folder), then resume the run",
+    errno.EFBIG: "the file would exceed the largest file allowed (the process's file-size limit, "
+    "ulimit -f, or the file system's); raise the limit, then resume the run",
     errno.EDQUOT: "free disk space in your quota, then resume the run",
     errno.ENAMETOOLONG: "choose a shorter path",
     errno.ENOENT: "check the path",
@@ -42,7 +45,7 @@ def report(exc: BaseException, debug: bool = False, stream: TextIO | None = None
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)
     message, status = describe(exc)
     print(f"fewmask: {message}", file=stream)
-    if status == 1 and not isinstance(exc, (FewmaskError, OSError, MemoryError)) and not debug:
+    if message.startswith(INTERNAL) and not debug:  # a bug: the only failure to report
         print("fewmask: rerun with --debug for the traceback, and report it", file=stream)
     return status
 
@@ -60,12 +63,18 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, MemoryError) or _is_out_of_memory(exc):
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         return (
-            f"out of memory{f' ({first})' if first else ''}; make the backbone, ways, shots, "
-            "inner steps or meta_batch_size smaller, or use a device with more memory",
+            f"ResourceError: out of memory{f' ({first})' if first else ''}; the memory "
+            "estimate checked before training is a lower bound, and this run needs more: make "
+            "the backbone, ways, shots, queries, inner steps or meta_batch_size smaller, or use "
+            "a device with more memory",
             1,
         )
     first = (str(exc).strip().splitlines() or [""])[0][:500]
-    return f"internal error: {type(exc).__name__}: {first}", 1
+    return f"{INTERNAL} {type(exc).__name__}: {first}", 1
+
+
+INTERNAL = "internal error:"
+"""How a bug (and only a bug) is announced."""
 
 
 def _os_error(exc: OSError) -> str:
@@ -87,6 +96,28 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "can't allocate memory" in text or "out of memory" in text.lower()
     )
+
+
+@contextmanager
+def thread_failures_reported(debug: bool = False, stream: TextIO | None = None) -> Iterator[None]:
+    """Inside: an exception that ends a background thread (TensorBoard's writer on a full disk)
+    is one ``fewmask: warning:`` line, not a traceback (``debug``: the traceback too); the
+    command fails on its own when it next needs that thread, with the path and the fix."""
+    original = threading.excepthook
+
+    def hook(info: threading.ExceptHookArgs) -> None:
+        out = stream or sys.stderr
+        if debug:
+            original(info)
+        name = info.thread.name if info.thread is not None else "a thread"
+        message, _ = describe(info.exc_value) if info.exc_value else ("stopped", 1)
+        print(f"fewmask: warning: background thread {name} stopped: {message}", file=out)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = original
 
 
 @contextmanager

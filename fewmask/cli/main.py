@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fewmask.cli import commands
-from fewmask.cli.errors import report, shown_warnings
+from fewmask.cli.errors import report, shown_warnings, thread_failures_reported
 from fewmask.runtime import distributed
 from fewmask.runtime.lock import release_all
 
@@ -210,10 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _ignore_file_size_signal()
     debug = "--debug" in argv or os.environ.get("FEWMASK_DEBUG", "") not in ("", "0")
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
-        with shown_warnings():
+        with shown_warnings(), thread_failures_reported(debug):
             return args.func(args)
     except KeyboardInterrupt:
         print("fewmask: interrupted; the last checkpoint is kept", file=sys.stderr)
@@ -223,6 +224,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         release_all()  # the run folders this command locked
         distributed.destroy()  # under torchrun; a no-op otherwise
+
+
+def _ignore_file_size_signal() -> None:
+    """Past a file-size limit (``ulimit -f``) a write fails with EFBIG, which names the file,
+    instead of SIGXFSZ killing the process (Python's own start-up does this too; an embedding
+    program may not)."""
+    import signal
+    import threading
+
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

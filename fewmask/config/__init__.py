@@ -5,7 +5,7 @@ Text -> plain data (:mod:`.files`, :mod:`.overrides`) -> :class:`ExperimentConfi
 Plain data is made again only for storage (:func:`plain_config`).
 """
 
-from fewmask.config.files import dump_config, read_config_file
+from fewmask.config.files import config_yaml, dump_config, read_config_file
 from fewmask.config.overrides import apply_overrides, parse_value
 from fewmask.config.reference import component_markdown, fields_markdown, options_markdown
 from fewmask.config.resolve import (
@@ -33,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "component_markdown",
+    "config_yaml",
     "dump_config",
     "fields_markdown",
     "options_markdown",

@@ -75,6 +75,25 @@ _Loader.add_implicit_resolver(
 )
 
 
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _joined_pairs(text: str) -> str:
+    """``"\\ud83d\\ude00"`` (UTF-16 escapes, as JSON and ``json.dumps`` write a character
+    beyond the Basic Multilingual Plane) is one character, as in JSON; PyYAML keeps two lone
+    surrogates, which no file name can hold."""
+    return _SURROGATE_PAIR.sub(
+        lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), text
+    )
+
+
+def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    return _joined_pairs(loader.construct_scalar(node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
 def read_text(path: str | Path) -> str:
     """The file's text: a regular file of at most :data:`MAX_BYTES` bytes of UTF-8."""
     path = Path(path)
@@ -305,8 +324,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def dump_config(config: Any, path: str | Path, header: str = "") -> None:
-    """Write a config (or its plain data, e.g. :func:`fewmask.config.plain_config`) as YAML."""
+def config_yaml(config: Any) -> str:
+    """A config (or its plain data, e.g. :func:`fewmask.config.plain_config`) as YAML text."""
     data = converter.unstructure(config) if attrs.has(type(config)) else dict(config)
-    text = yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)
-    Path(path).write_text(header + text)
+    return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)
+
+
+def dump_config(config: Any, path: str | Path) -> None:
+    """Write a config (or its plain data) as YAML to ``path``."""
+    Path(path).write_text(config_yaml(config))

@@ -10,6 +10,7 @@ nothing is allocated; :meth:`ResolvedComponent.build` then constructs the compon
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from fewmask.config.schema import (
 )
 from fewmask.errors import ConfigError
 from fewmask.interfaces import Masker
-from fewmask.options import component_fields, converter, structure_config
+from fewmask.options import ComponentRef, component_fields, converter, structure_config
 from fewmask.registry import ComponentInfo, Registry
 
 
@@ -161,10 +162,49 @@ def resolve_config(data: Any, registry: Registry, source: str | None = None) -> 
         for i, ref in enumerate(extra if isinstance(extra, list) else [])
     ]
     problems += pairing_problems(components)
+    if experiment is not None:
+        parts = [("$.train", experiment.train)] + [
+            (f"$.{field}.options", c.options) for field, c in components.items()
+        ]
+        parts += [
+            (f"$.test_datasets[{i}].options", c.options)
+            for i, c in enumerate(test_datasets)
+            if c is not None
+        ]
+        problems += dtype_range_problems(parts, experiment.train.dtype)
     if problems:
         raise ConfigError(problems, source)
     assert experiment is not None
     return ResolvedConfig(experiment, components, test_datasets)  # type: ignore[arg-type]
+
+
+def dtype_range_problems(parts: list[tuple[str, Any]], dtype: str) -> list[str]:
+    """Every number among the options (nested ones and lists included) that the run's
+    floating-point type cannot hold: a learning rate of 1e39 is ``inf`` in float32."""
+    import torch
+
+    largest = torch.finfo(getattr(torch, dtype, torch.float32)).max
+    problems: list[str] = []
+    todo = list(parts)
+    while todo:
+        path, value = todo.pop()
+        if attrs.has(type(value)):
+            todo += [
+                (f"{path}.{f.name}", getattr(value, f.name)) for f in attrs.fields(type(value))
+            ]
+        elif isinstance(value, ComponentRef):
+            todo.append((f"{path}.options", value.options))
+        elif isinstance(value, Mapping):
+            todo += [(f"{path}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            todo += [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, float) and math.isfinite(value) and abs(value) > largest:
+            problems.append(
+                f"{path}: {value:g} is beyond the range of {dtype} (at most {largest:.4g} in "
+                f"magnitude), which the run computes in; use a smaller value"
+                + ("" if dtype == "float64" else " (or train.dtype: float64)")
+            )
+    return sorted(problems)
 
 
 def pairing_problems(components: Mapping[str, ResolvedComponent]) -> list[str]:

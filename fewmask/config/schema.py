@@ -16,6 +16,7 @@ Errors are lines ``$.path: problem`` collected into one :class:`fewmask.errors.C
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,9 +219,16 @@ def run_dir_problem(run_dir: str) -> str | None:
         return f"{run_dir!r} is a file, not a folder"
     if existing != path and not existing.is_dir():
         return f"{run_dir!r} cannot be created: {str(existing)!r} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{str(existing)!r} is not writable; choose a folder you can write (--run-dir)"
+    if not _writable(existing):
+        return (
+            f"{str(existing)!r} is not writable by you: give write permission (chmod u+w "
+            f"{shlex.quote(str(existing))}), or write a new run to another folder"
+        )
     return None
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 COMPONENT_FIELDS: dict[str, str] = {

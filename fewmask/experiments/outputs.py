@@ -42,6 +42,14 @@ def read_manifest(out: Path) -> dict | None:
     return data if isinstance(data, dict) and isinstance(data.get("outputs"), list) else None
 
 
+def written(out: Path) -> list[Path]:
+    """The files an experiment listed as its own in ``out`` that are still there, in the order
+    written (never a file someone else put in the folder)."""
+    listed = read_manifest(out) or {"outputs": []}
+    paths = [_inside(out, entry) for entry in listed["outputs"]]
+    return [p for p in paths if p is not None and p.is_file() and not p.is_symlink()]
+
+
 def discard_outputs(out: Path) -> list[str]:
     """Remove what fewmask wrote in ``out`` (nothing else); returns what was removed.
 

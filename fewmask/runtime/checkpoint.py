@@ -12,6 +12,7 @@ Writing goes to a temporary file beside the target, fsynced and renamed over it;
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -99,7 +100,13 @@ def save_checkpoint(
         raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            target = _Recorded(f)
+            try:
+                torch.save(payload, target)
+            except RuntimeError:  # torch's writer hides the OSError behind its own message
+                if target.error is not None:
+                    raise target.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         if previous is not None and path.is_file():
@@ -116,6 +123,8 @@ def save_checkpoint(
 def _keep_as(path: Path, previous: Path) -> None:
     """Make ``previous`` a copy of ``path`` in one rename (a hard link where the file system
     has them), so both names always hold a complete file."""
+    if _same_file(path, previous):  # a write cut short after keeping it: kept already
+        return
     fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(previous), suffix=_PARTIAL, dir=path.parent)
     os.close(fd)
     try:
@@ -127,9 +136,15 @@ def _keep_as(path: Path, previous: Path) -> None:
 
             shutil.copyfile(path, tmp)
         os.replace(tmp, previous)
-    except BaseException:
+    finally:  # rename(2) between two links of one file does nothing and keeps both names
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -140,12 +155,49 @@ def _fsync_folder(folder: Path) -> None:
         os.close(dir_fd)
 
 
+class _Recorded:
+    """A file whose write errors are kept: ``torch.save`` turns them into a RuntimeError
+    without the cause (a full disk, a file-size limit)."""
+
+    def __init__(self, file: Any):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+_WRITE_FIXES = {
+    errno.ENOSPC: "The disk is full: free space",
+    errno.EDQUOT: "Your disk quota is used up: free space in it",
+    errno.EFBIG: "The file would exceed the largest file allowed (the process's file-size "
+    "limit, ulimit -f, or the file system's): raise the limit",
+    errno.EACCES: "Give write permission",
+    errno.EROFS: "The file system is read-only: make it writable",
+}
+
+
 def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
     reason = exc.strerror or str(exc)
-    return CheckpointWriteError(
-        f"cannot write checkpoint {path}: {reason}; the previous checkpoint is kept (make room "
-        f"or give write permission in {path.parent}, then resume)"
+    fix = _WRITE_FIXES.get(exc.errno or 0, f"Make room or give write permission in {path.parent}")
+    kept = (
+        f"the previous checkpoint {path} is kept"
+        if path.is_file()
+        else "no checkpoint of this run was written before, so none is kept"
     )
+    then = "resume the run" if path.is_file() else "start the run again"
+    error = CheckpointWriteError(
+        f"cannot write checkpoint {path}: {reason}; {kept}. {fix}; then {then}"
+    )
+    error.errno = exc.errno
+    return error
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

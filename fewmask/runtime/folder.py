@@ -26,6 +26,7 @@ config copy and ask whether a folder holds a run. Resuming reads the config from
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import time
@@ -34,10 +35,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fewmask.config import dump_config, read_config_file
+from fewmask.config import config_yaml, read_config_file
 from fewmask.errors import CheckpointError, ConfigError, FewmaskWarning
 from fewmask.runtime.checkpoint import discard_partial_writes, load_checkpoint, save_checkpoint
+from fewmask.runtime.files import open_run_file, write_run_text
 from fewmask.runtime.lock import LOCK_NAME, acquire, locked, release
+
+OWN_FILES = (
+    "checkpoint.pt",
+    "checkpoint.prev.pt",
+    "config.yaml",
+    "results.json",
+    "metrics.jsonl",
+    "resumes.jsonl",
+    "stopped.json",
+    "run.lock",
+    "test-*.json",
+    "events.out.tfevents.*",
+    "tensorboard/events.out.tfevents.*",
+    ".checkpoint.pt.*.tmp",
+    ".checkpoint.prev.pt.*.tmp",
+)
+"""Every file fewmask writes in a run folder, as glob patterns relative to it (the module
+docstring says what each holds)."""
 
 
 def _in_run(name: str) -> property:
@@ -138,24 +158,10 @@ class RunFolder:
         if not self.path.is_dir():
             return []
         legacy = self.path / self.TENSORBOARD
-        files = [
-            self.checkpoint,
-            self.previous_checkpoint,
-            self.config,
-            self.results,
-            self.metrics,
-            self.resumes,
-            self.stopped,
-            self.lock_file,
-            *self.test_results(),
-            *self.path.glob("events.out.tfevents.*"),
-            *legacy.glob("events.out.tfevents.*"),
-            *self.path.glob(".checkpoint.pt.*.tmp"),
-            *self.path.glob(".checkpoint.prev.pt.*.tmp"),
-        ]
+        files = [path for pattern in OWN_FILES for path in sorted(self.path.glob(pattern))]
         removed = []
         for path in files:
-            if path.is_file():
+            if path.is_file() and not path.is_symlink():  # a link planted here is not ours
                 path.unlink()
                 removed.append(path)
         for folder in (legacy, self.path):
@@ -164,6 +170,15 @@ class RunFolder:
             except OSError:  # not empty: files fewmask did not write stay
                 pass
         return removed
+
+    def owns(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is one of the files fewmask names in this run folder
+        (:data:`OWN_FILES`); nothing else in it is ever written or removed."""
+        try:
+            relative = Path(path).relative_to(self.path).as_posix()
+        except ValueError:
+            return False
+        return any(fnmatch.fnmatchcase(relative, pattern) for pattern in OWN_FILES)
 
     # ------------------------------------------------------------------ checkpoint
     def load_checkpoint(self, what: str = "RUN_DIR") -> dict[str, Any]:
@@ -234,7 +249,7 @@ class RunFolder:
         """Record that training stopped early at ``iteration`` (``stopped.json``)."""
         self.create()
         info = {"iteration": iteration, "reason": reason, "time": time.time()}
-        self.stopped.write_text(json.dumps(info, indent=2) + "\n")
+        write_run_text(self.stopped, json.dumps(info, indent=2) + "\n")
 
     def read_stopped(self) -> dict[str, Any] | None:
         """Why the last training stopped early, or None if it did not."""
@@ -250,29 +265,49 @@ class RunFolder:
         self.stopped.unlink(missing_ok=True)
 
     def _why_none(self) -> str:
+        """Why the folder has no checkpoint, from the files it does hold."""
         stopped = self.read_stopped()
         if stopped is not None:
             return (
                 f"training stopped at iteration {stopped.get('iteration')}, before its first "
                 f"checkpoint: {stopped.get('reason')}"
             )
+        again = (
+            f"`fewmask train {self.config} --run-dir NEW_DIR`"
+            if self.config.is_file()
+            else "its config into a new folder"
+        )
+        here = f"`fewmask train {self.config} --run-dir {self.path}`"  # it holds no run
+        if self.has_results():
+            try:
+                iteration = f" at iteration {self.read_results().get('iteration')}"
+            except (OSError, ValueError, AttributeError):
+                iteration = ""
+            return (
+                f"the run finished{iteration} ({self.results} holds its meta-test) and its "
+                "checkpoints were removed since, so it can be neither resumed nor tested again; "
+                f"to train it again, run {again}"
+            )
         if self.config.is_file():
             return (
-                "the run stopped before its first checkpoint; start it again with "
-                f"`fewmask train {self.config} --run-dir {self.path}`"
+                "no checkpoint of this run is left: it stopped before its first checkpoint, or "
+                f"its checkpoints were removed; start it again with {here}"
             )
-        return f"is {self.path} a fewmask run?"
+        return f"{self.path} holds none of the files of a fewmask run; is it a run folder?"
 
     # ------------------------------------------------------------------ config copy, results
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Write the human-readable copy of the run's config (plain data) as ``config.yaml``,
         marked as fewmask's by its first line."""
         self.create()
-        dump_config(config, self.config, header=CONFIG_HEADER)
+        write_run_text(self.config, CONFIG_HEADER + config_yaml(config))
 
     def foreign_config(self) -> Path | None:
         """``config.yaml`` if it is there and not fewmask's (no header line, and no run beside
-        it): a user's own file, which starting a run here would overwrite."""
+        it): a user's own file, which starting a run here would overwrite. A link in its place
+        is not read (writing refuses it: :mod:`fewmask.runtime.files`)."""
+        if self.config.is_symlink():
+            return None
         try:
             with self.config.open("rb") as handle:
                 first = handle.read(len(CONFIG_HEADER.encode()))
@@ -287,7 +322,7 @@ class RunFolder:
 
     def write_results(self, results: Mapping[str, Any]) -> None:
         self.create()
-        self.results.write_text(json.dumps(results, indent=2) + "\n")
+        write_run_text(self.results, json.dumps(results, indent=2) + "\n")
 
     def read_results(self) -> dict[str, Any]:
         return json.loads(self.results.read_text())
@@ -297,11 +332,14 @@ class RunFolder:
         training's ``results.json`` (which experiments reuse); returns the file."""
         self.create()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        text = json.dumps(results, indent=2, default=str) + "\n"
         path, n = self.path / f"test-{stamp}.json", 2
-        while path.exists():
-            path, n = self.path / f"test-{stamp}-{n}.json", n + 1
-        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        return path
+        while True:
+            try:
+                write_run_text(path, text, mode="x")  # a new file: nothing of anyone's replaced
+                return path
+            except FileExistsError:
+                path, n = self.path / f"test-{stamp}-{n}.json", n + 1
 
     def test_results(self) -> list[Path]:
         """The files of later meta-tests, oldest first."""
@@ -320,6 +358,6 @@ class RunFolder:
         line = {"iteration": iteration, "time": time.time(), "changes": dict(changes)}
         if schedule:
             line["schedule"] = dict(schedule)
-        with self.resumes.open("a") as handle:
+        with open_run_file(self.resumes, "a") as handle:
             handle.write(json.dumps(line) + "\n")
         return self.resumes

@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fewmask.errors import FewmaskWarning, RunFolderError, RunLockedError
+from fewmask.errors import FewmaskWarning, RunFileError, RunFolderError, RunLockedError
+from fewmask.runtime.files import open_run_fd
 
 try:
     import fcntl
@@ -34,6 +35,8 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = "run.lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _HELD: dict[str, list[int]] = {}  # lock path -> [fd, holders] in this process
 
 
@@ -61,6 +64,8 @@ def acquire(folder: str | os.PathLike[str], name: str = LOCK_NAME) -> Path:
         return path
     try:
         fd = _open_locked(path)
+    except RunFileError:
+        raise
     except OSError as exc:
         raise RunFolderError(f"cannot lock {path}: {_reason(exc)}") from None
     try:
@@ -97,9 +102,15 @@ def release_all() -> None:
 
 
 def owner_of(path: Path) -> dict[str, Any] | None:
-    """What a lock file says about its owner (None: empty or unreadable)."""
+    """What a lock file says about its owner (None: empty, unreadable or not a lock file of
+    its own, e.g. a symbolic link)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8") or "null")
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        try:
+            text = os.read(fd, 1 << 16).decode("utf-8") if _is_plain(fd) else ""
+        finally:
+            os.close(fd)
+        data = json.loads(text or "null")
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -121,7 +132,7 @@ def describe(owner: dict[str, Any] | None) -> str:
 def _open_locked(path: Path) -> int:
     """Open ``path`` and hold its flock; refuse if another live process holds it."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_run_fd(path, "r+")  # never through a link planted as run.lock
         if fcntl is None:
             return fd
         try:
@@ -132,7 +143,7 @@ def _open_locked(path: Path) -> int:
         except OSError:  # no flock on this file system: the pid check decides
             return fd
         try:  # the owner before us may have removed the file between our open and flock
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
         except FileNotFoundError:
             pass
@@ -161,8 +172,8 @@ def _take_over_stale(path: Path, fd: int) -> None:
 
 def _locked_error(path: Path, owner: dict[str, Any] | None) -> RunLockedError:
     return RunLockedError(
-        f"{path.parent} is in use by {describe(owner)}; wait for it to finish, stop it, or "
-        "choose another folder with --run-dir"
+        f"{path.parent} is in use by {describe(owner)}; wait for it to finish or stop it "
+        "(a new run can be written to another folder)"
     )
 
 
@@ -202,6 +213,12 @@ def _process_start(pid: int) -> int | None:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
     return int(fields[19]) if len(fields) > 19 else None
+
+
+def _is_plain(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
 def _reason(exc: OSError) -> str:

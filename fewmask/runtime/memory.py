@@ -4,7 +4,8 @@ The backbone is built on PyTorch's ``meta`` device (shapes only, no memory, no r
 and one forward pass there measures its layers' outputs per image. From these and the episode
 sizes, :func:`estimate_memory` gives a *lower bound* of the training footprint: the weights and
 one more copy of them (their gradients, or the scores), the largest layer output of one query
-pass, one meta-batch of episodes. A run whose lower bound exceeds what
+pass, one meta-batch of episodes (as drawn, and in the run's dtype, as the engine converts
+the whole batch at once). A run whose lower bound exceeds what
 :func:`available_memory` finds free on the training device cannot fit, and :func:`check_fits`
 refuses it with a :class:`ResourceError` that shows the estimate, instead of a failure deep in
 the allocator (or the machine swapping to a halt). A run under the bound may still not fit:
@@ -36,7 +37,7 @@ class MemoryEstimate:
     activation_bytes: int
     """The largest layer output of one query pass (``ways * queries`` images)."""
     episode_bytes: int
-    """One meta-batch of episodes as drawn (uint8)."""
+    """One meta-batch of episodes as drawn (uint8) and as computed on (the run's dtype)."""
 
     @property
     def total(self) -> int:
@@ -82,7 +83,8 @@ def estimate_memory(
         parameters=parameters,
         parameter_bytes=2 * parameters * item,
         activation_bytes=largest * item * ways * queries,
-        episode_bytes=meta_batch * ways * (shots + queries) * math.prod(input_shape),
+        # as drawn (uint8), and the copy in the run's dtype the engine makes of the whole batch
+        episode_bytes=meta_batch * ways * (shots + queries) * math.prod(input_shape) * (1 + item),
     )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from fewmask.options import converter
+from fewmask.runtime.files import open_run_file, write_run_bytes
 from fewmask.runtime.folder import RunFolder
 
 
@@ -91,17 +93,18 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run = run if isinstance(run, RunFolder) else RunFolder(run)
+        self.jsonl = self.run.metrics
+        open_run_file(self.jsonl, "a").close()  # a file of its own (not a link or a FIFO)
         _wait_for_a_later_second(self.run.tensorboard)
         self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=resume_step)
-        self.jsonl = self.run.metrics
-        if resume_step is not None and self.jsonl.exists():
+        if resume_step is not None:
             kept = [
                 line
                 for line in self.jsonl.read_bytes().splitlines()
                 if (step := _step(line)) is not None and step < resume_step
             ]
-            self.jsonl.write_bytes(b"".join(line + b"\n" for line in kept))
-        self._file = self.jsonl.open("a", buffering=1)  # line by line, so `tail -f` works
+            write_run_bytes(self.jsonl, b"".join(line + b"\n" for line in kept))
+        self._file = open_run_file(self.jsonl, "a", buffering=1)  # by line: `tail -f` works
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
@@ -139,13 +142,28 @@ class RunLogger:
 
     def flush(self) -> None:
         """Put everything logged so far on disk (called before every checkpoint)."""
-        self.writer.flush()
+        with self._events_named():
+            self.writer.flush()
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self.writer.close()
-        self._file.close()
+        try:
+            with self._events_named():
+                self.writer.close()
+        finally:
+            self._file.close()
+
+    @contextlib.contextmanager
+    def _events_named(self) -> Iterator[None]:
+        """TensorBoard's writer thread fails without naming its file (a full disk): name it."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            where = self.run.tensorboard / "events.out.tfevents.*"
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(where)) from None
 
 
 def _run_data(config: Mapping[str, Any] | None, train: Any) -> dict[str, Any]:

@@ -22,8 +22,9 @@ every ``nn.Conv2d`` and ``nn.Linear`` (timm's subclasses included) outside the c
 
 The options are checked before anything is built (``TimmConfig.check``, run by
 ``fewmask validate``): the model name with ``timm.is_model`` (with suggestions), and the
-``kwargs`` that the adapter sets itself or that would change what it relies on. Other keyword
-arguments are known only to the model class and are checked when the model is built.
+``kwargs`` that the adapter sets itself or that would change what it relies on; any other
+``kwargs`` by building the model on the ``meta`` device (no memory, no data), so a keyword the
+model class does not take is refused by ``fewmask validate`` too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import attrs
 import timm
 import timm.layers
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,6 +75,10 @@ class TimmConfig:
         kwargs = kwargs_problems(self.kwargs)
         if kwargs:
             problems["kwargs"] = "; ".join(kwargs)
+        elif self.kwargs and not problems:
+            rejected = rejected_kwargs(self.model_name, self.kwargs)
+            if rejected:
+                problems["kwargs"] = rejected
         return problems
 
 
@@ -88,6 +94,23 @@ def kwargs_problems(kwargs: dict[str, Any]) -> list[str]:
     for key in sorted(set(kwargs) & set(ADAPTER_KWARGS)):
         problems.append(f"{key} cannot be set here: {ADAPTER_KWARGS[key]}")
     return problems
+
+
+def rejected_kwargs(name: str, kwargs: dict[str, Any]) -> str | None:
+    """Whether the model class takes ``kwargs``: it is built on the ``meta`` device (shapes
+    only: no memory, no random draws), as ``fewmask validate`` may not read the images. Problems
+    that depend on the images (``in_chans``, ``img_size``) are left to the real build."""
+    rng = torch.get_rng_state()
+    try:
+        with torch.device("meta"), timm.layers.set_layer_config(exportable=True):
+            timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as error:
+        return f"timm.create_model({name!r}) rejected them: {error}"
+    except Exception:  # anything else is checked when the model is built
+        return None
+    finally:
+        torch.set_rng_state(rng)
+    return None
 
 
 class DoubleBackwardHardSigmoid(nn.Module):
