@@ -321,8 +321,20 @@ NUMERIC_TRAIN = [
     "backbone.options.hidden",
     "train.checkpoint_every",
 ]
-RESUME_FIELDS = ["train.iterations", "train.checkpoint_every", "objective.options.lr", "seed"]
-TEST_FIELDS = ["seed", "train.device", "objective.options.lr", "dataset.options.set"]
+RESUME_FIELDS = [
+    "train.iterations",
+    "train.checkpoint_every",
+    "objective.options.lr",
+    "seed",
+    "run_dir",  # a run stays in its folder
+]
+TEST_FIELDS = [
+    "seed",
+    "train.device",
+    "objective.options.lr",
+    "dataset.options.set",
+    "sampler.options.ways",  # another model's shape
+]
 RUN_FILES = ["run.lock", "metrics.jsonl", "config.yaml", "results.json", "resumes.jsonl"]
 PLANTS = ["symlink", "hardlink", "fifo", "folder", "foreign", "readonly", "corrupt"]
 
