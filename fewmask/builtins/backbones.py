@@ -166,7 +166,7 @@ def init_linear(module: nn.Linear) -> None:
 class LinearBlock(nn.Module):
     """Linear -> (BatchNorm1d) -> ReLU; BatchNorm always uses the current batch's statistics."""
 
-    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+    task_separable = True  # the batched engine may pack its tasks (engine/task_channels.py)
 
     def __init__(self, fan_in: int, fan_out: int, bn_eps: float, batch_norm: bool):
         super().__init__()
@@ -184,7 +184,7 @@ class LinearBlock(nn.Module):
 class MLP(LinearHeadBackbone):
     """A fully connected classifier: flatten, hidden :class:`LinearBlock` s, Linear head."""
 
-    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+    task_separable = True  # the batched engine may pack its tasks (engine/task_channels.py)
 
     def __init__(self, config: OmniglotMLPConfig, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()

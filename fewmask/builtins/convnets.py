@@ -95,7 +95,7 @@ def conv4_parameter_count(config: Conv4Config, input_shape: tuple[int, ...], num
 class ConvBlock(nn.Module):
     """3x3 conv (padding 1, bias) -> BatchNorm2d (batch statistics) -> ReLU -> 2x2 max-pool."""
 
-    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+    task_separable = True  # the batched engine may pack its tasks (engine/task_channels.py)
 
     def __init__(self, in_channels: int, out_channels: int, bn_eps: float):
         super().__init__()
@@ -113,7 +113,7 @@ class Conv4(LinearHeadBackbone):
     batch-statistics BatchNorm cancels anyway); the head keeps PyTorch's default Linear init.
     """
 
-    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+    task_separable = True  # the batched engine may pack its tasks (engine/task_channels.py)
 
     config_class = Conv4Config
     description = "4 x [conv3x3 -> BatchNorm -> ReLU -> max-pool] (64 ch) + Linear head"
@@ -180,7 +180,7 @@ class ResidualBlock(nn.Module):
     """ResNet-12 block: 3 x [3x3 conv (no bias) -> BN -> LeakyReLU 0.1] with a 1x1-conv + BN
     residual added before the last activation, then a 2x2 max-pool."""
 
-    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+    task_separable = True  # the batched engine may pack its tasks (engine/task_channels.py)
 
     def __init__(self, in_channels: int, out_channels: int, bn_eps: float):
         super().__init__()
@@ -216,7 +216,7 @@ class ResNet12(LinearHeadBackbone):
     84x84 images shrink 84 -> 42 -> 21 -> 10 -> 5 before the average pool.
     """
 
-    task_separable = True  # the batched engine may pack its tasks (engine/packed.py)
+    task_separable = True  # the batched engine may pack its tasks (engine/task_channels.py)
 
     config_class = ResNet12Config
     description = "ResNet-12 (BOIL/MetaOptNet, 64-160-320-640, LeakyReLU) + Linear head"

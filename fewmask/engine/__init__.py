@@ -57,7 +57,7 @@ class EngineOptions:
             used by the batched path).
         batched: every task of the meta-batch in one forward and one backward
             (:mod:`fewmask.engine.batched`), for plain-SGD inner optimizers with one rate and
-            the backbones :func:`fewmask.engine.packed.unsupported` accepts; other models
+            the backbones :func:`fewmask.engine.task_channels.unsupported` accepts; other models
             take the other levers' path, announced once by a :class:`FewmaskWarning`.
     """
 

@@ -3,8 +3,8 @@
 The per-task loop runs the whole network once per task and inner step, and once per task for
 the query loss and the meta-gradient: on small models most of a meta-iteration is per-operation
 overhead, paid ``T`` times. Here every task of the meta-batch goes through one forward and one
-backward (:mod:`fewmask.engine.packed`: per-task parameters as a leading dimension, activations
-side by side in the channel dimension, per-task BatchNorm statistics):
+backward (:mod:`fewmask.engine.task_channels`: per-task parameters as a leading dimension,
+activations side by side in the channel dimension, per-task BatchNorm statistics):
 
 - fast weights start as the shared parameters expanded to ``T`` copies (a view, no copy);
 - the support loss is the sum of the tasks' losses; as no operation mixes tasks, its gradient
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fewmask.engine.exact import GradientSum, TaskResult, detached_metrics
 from fewmask.engine.fused import SharedLeaves, _shared_items, single_rate
-from fewmask.engine.packed import pack, packed_forward, unsupported
+from fewmask.engine.task_channels import pack, packed_forward, unsupported
 from fewmask.interfaces import Backbone, Episode, InnerOptimizer, MetaObjective, SGDSteps
 
 
