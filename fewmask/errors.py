@@ -137,3 +137,8 @@ class ExportError(FewmaskError):
     used."""
 
     exit_code = 2  # the file or folder the user pointed at: bad input
+
+
+class JobsFailedError(FewmaskError):
+    """Some of an experiment's runs failed; the others finished and the tables were written
+    with the failed runs' rows marked missing. The message names each with its log's tail."""

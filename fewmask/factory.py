@@ -263,6 +263,8 @@ def train(
     started one, start one otherwise). ``overrides`` are ``key=value`` changes (on a resume,
     only those :data:`fewmask.config.overrides.RESUMABLE` allows). ``echo`` receives one line
     per event worth telling (resumed from where, a re-planned schedule, the thread choice).
+    ``callbacks`` are the fit's (called after every iteration); one with a ``start(trainer)``
+    method is started first, once the Trainer is built and resumed.
     Returns the meta-test results (``results.json``) with the run's folder (``.run_dir``).
 
     Example::
@@ -299,6 +301,10 @@ def train(
                 run.decide("new" if start == "auto" else start)  # the lock, then the policy
         run.write_config(trainer.config)  # the readable copy (the checkpoint holds it too)
         say(f"threads: {trainer.threads}")
+        for callback in callbacks:  # a probe that needs the built (and resumed) Trainer
+            start_callback = getattr(callback, "start", None)
+            if callable(start_callback):
+                start_callback(trainer)
         return RunResults(trainer.fit(callbacks=callbacks), trainer.run_dir)
     finally:
         run.release()  # held to the end of the run, however it ends

@@ -10,6 +10,8 @@ A meta-learner is composed of:
   Meta-ticket), its losses and metrics, and its optimizer and learning-rate schedule.
 - :class:`EpisodeSampler`: draws N-way K-shot Q-query episodes from a :class:`FewShotDataset`.
 
+A :class:`Launcher` runs an experiment's runs (in this process, a process pool, a cluster).
+
 Each component class is constructed from its config object (an attrs class registered with it):
 ``cls(config)``; backbones also get ``input_shape`` and ``num_classes``.
 """
@@ -17,8 +19,9 @@ Each component class is constructed from its config object (an attrs class regis
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import attrs
 import torch
@@ -324,6 +327,35 @@ class DatasetSource(ABC):
         """The named split; an unknown split raises a ``DatasetError`` listing the valid ones."""
 
 
+class Launcher(ABC):
+    """Runs an experiment's jobs: in this process, a process pool, a cluster's queue.
+
+    A job is plain data (its label, resolved config, run folder and the name of its probe) and
+    pickles; ``work`` is a module-level function that runs one job and returns its outcome
+    without raising for the job's own failure, so a launcher only moves jobs and outcomes.
+    Every job is started with ``start="auto"``: running a job again reuses a finished run and
+    resumes a started one from its checkpoint, so a launcher may resubmit freely.
+    """
+
+    isolates_failures: bool = True
+    """Whether a failing job leaves the others running (``serial`` stops at the first)."""
+
+    @abstractmethod
+    def launch(
+        self,
+        jobs: Sequence[Any],
+        work: Callable[[Any], Any],
+        tell: Callable[..., None],
+        folder: Path,
+    ) -> list[Any]:
+        """Run ``work(job)`` for every job; return, in the order of ``jobs``, what each call
+        returned, or an exception for a job that returned nothing (killed, lost, cancelled).
+
+        ``tell(job, "running")`` when a job starts (as far as the launcher knows) and
+        ``tell(job, "done", outcome)`` as soon as it ends, with what the list will hold for it;
+        ``folder`` is where the launcher may keep its own files (cluster logs)."""
+
+
 COMPONENT_KINDS: dict[str, type] = {
     "backbone": Backbone,
     "masker": Masker,
@@ -331,5 +363,6 @@ COMPONENT_KINDS: dict[str, type] = {
     "objective": MetaObjective,
     "sampler": EpisodeSampler,
     "dataset": DatasetSource,
+    "launcher": Launcher,
 }
 """Every kind of component the registry holds, with the base class its entries must subclass."""

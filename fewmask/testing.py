@@ -19,6 +19,7 @@ The pytest fixtures live in :mod:`fewmask.pytest_plugin`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -222,3 +223,50 @@ def engine_gradient(engine: Engine, episodes: Sequence[Episode]) -> list[torch.T
     for meta-parameters that got none (to compare with :func:`reference_engine_gradient`)."""
     grads = engine.meta_step(episodes).grads
     return [grads.get(n, torch.zeros_like(p)) for n, p in engine.meta_params.items()]
+
+
+PLACE_KEYS = ("run_dir", "sha256")
+"""Checkpoint entries that say where a run is (and the digest over them), not what it computed."""
+
+
+def checkpoint_tensors_equal(a: Mapping, b: Mapping, path: str = "$") -> None:
+    """Assert that two checkpoints (or any nested data) hold equal values, tensors bit for bit,
+    apart from :data:`PLACE_KEYS`; the message names the first difference's path."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        keys_a = {k for k in a if k not in PLACE_KEYS}
+        keys_b = {k for k in b if k not in PLACE_KEYS}
+        assert keys_a == keys_b, f"{path}: keys differ: {sorted(map(str, keys_a ^ keys_b))}"
+        for key in keys_a:
+            checkpoint_tensors_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), f"{path}: types"
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{tuple(a.shape)}"
+        assert torch.equal(a, b), f"{path}: tensors differ"
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), f"{path}: lengths {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            checkpoint_tensors_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def assert_same_runs(a: str | Path, b: str | Path) -> list[str]:
+    """Assert that two experiment or sweep output folders hold the same runs (by folder name),
+    each with equal ``results.json`` and checkpoints (:func:`checkpoint_tensors_equal`);
+    returns the run names."""
+    import json
+
+    from fewmask.runtime.checkpoint import load_checkpoint
+
+    a, b = Path(a) / "runs", Path(b) / "runs"
+    names = sorted(p.name for p in a.iterdir() if p.is_dir())
+    assert names and names == sorted(p.name for p in b.iterdir() if p.is_dir()), (names, b)
+    for name in names:
+        results = [json.loads((root / name / "results.json").read_text()) for root in (a, b)]
+        assert results[0] == results[1], f"{name}: results differ"
+        checkpoint_tensors_equal(
+            load_checkpoint(a / name / "checkpoint.pt"),
+            load_checkpoint(b / name / "checkpoint.pt"),
+            name,
+        )
+    return names

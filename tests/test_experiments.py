@@ -14,18 +14,18 @@ from PIL import Image
 
 from fewmask import ConfigError, create
 from fewmask.cli import main
-from fewmask.experiments.mask_pictures import tile_images
-from fewmask.experiments.methods import method_patch
-from fewmask.experiments.plots import nice_ticks
-from fewmask.experiments.task_gradient import (
+from fewmask.experiments.gradient_probe import (
     Curves,
     TaskGradientProbe,
-    _resumed,
     classifier_weight,
     default_layer,
     effective_weight,
     head_dispersion,
+    resumed_curves,
 )
+from fewmask.experiments.mask_pictures import tile_images
+from fewmask.experiments.methods import method_patch
+from fewmask.experiments.plots import nice_ticks
 from fewmask.interfaces import Episode
 from fewmask.testing import reference_mlp_forward
 
@@ -494,16 +494,16 @@ def test_probe_head_dispersion_matches_a_hand_computation():
 
 def test_probe_partial_curves_resume_only_up_to_their_checkpoint(tmp_path):
     path = tmp_path / "partial.json"
-    assert _resumed(path, 0) == Curves()  # no checkpoint: a fresh start
-    assert _resumed(path, 2) is None  # a checkpoint without values: start over
+    assert resumed_curves(path, 0) == Curves()  # no checkpoint: a fresh start
+    assert resumed_curves(path, 2) is None  # a checkpoint without values: start over
     path.write_text(
         json.dumps({"iteration": 4, "task_gradient": [1, 2, 3, 4], "head_dispersion": [5, 6, 7, 8]})
     )
-    assert _resumed(path, 4) == Curves([1, 2, 3, 4], [5, 6, 7, 8])
-    assert _resumed(path, 2) == Curves([1, 2], [5, 6])  # an older checkpoint: cut off
-    assert _resumed(path, 6) is None  # a newer checkpoint than the values: start over
+    assert resumed_curves(path, 4) == Curves([1, 2, 3, 4], [5, 6, 7, 8])
+    assert resumed_curves(path, 2) == Curves([1, 2], [5, 6])  # an older checkpoint: cut off
+    assert resumed_curves(path, 6) is None  # a newer checkpoint than the values: start over
     path.write_text("[1, 2")  # cut short
-    assert _resumed(path, 2) is None
+    assert resumed_curves(path, 2) is None
 
 
 class Interrupted(Exception):

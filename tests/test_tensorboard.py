@@ -120,20 +120,17 @@ def test_progress_lines_name_the_experiment_variant():
     assert first.startswith("[width-sweep: w0.5] meta-train [") and second.startswith("meta-train")
 
 
-def test_an_experiment_labels_its_variants_progress(tmp_path, monkeypatch, capsys):
+def test_an_experiment_labels_its_variants_progress(tmp_path, monkeypatch):
     """`fewmask experiment` runs each variant inside the label (checked on one variant)."""
-    from fewmask.experiments.common import Experiment
+    import fewmask.session
+    from fewmask.experiments.jobs import Job, run_job
 
     seen = []
 
-    class Recorder:
-        def __init__(self, *args, **kwargs):
-            seen.append(Progress(1, "x", enabled=False).label)
+    def train(config, run_dir, **kwargs):
+        seen.append(Progress(1, "x", enabled=False).label)
 
-        def fit(self, callbacks=()):
-            return {}
-
-    experiment = Experiment("width-sweep", {"backbone": "omniglot_mlp"}, tmp_path)
-    monkeypatch.setattr(experiment, "build", Recorder)
-    experiment.run_variant(experiment.variant("w0.5", {}))
+    monkeypatch.setattr(fewmask.session, "train", train)
+    job = Job("w0.5", {"run_dir": str(tmp_path / "w0.5")}, experiment="width-sweep")
+    run_job(job, isolate=False)
     assert seen == ["[width-sweep: w0.5] x"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fewmask.datasets as disk_datasets
-from fewmask.builtins import convnets
+from fewmask.builtins import convnets, launchers
 from fewmask.builtins.backbones import MLP, MLP5Config, OmniglotMLPConfig
 from fewmask.builtins.inner import SGDInner
 from fewmask.builtins.maskers import DenseMasker
@@ -34,3 +34,4 @@ def fewmask_register(registry) -> None:
     registry.add_inner_optimizer("sgd", SGDInner)
     registry.add_objective("maml", MAMLObjective)
     registry.add_sampler("episodic", EpisodicSampler)
+    launchers.register(registry)

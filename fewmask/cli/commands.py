@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,27 +248,81 @@ def _parse_dataset_options(text: str | None) -> dict:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from fewmask.config import apply_overrides
     from fewmask.experiments import run_experiment
-    from fewmask.experiments.outputs import written
 
     settings = apply_overrides({}, args.setting, flag="-x", example="seeds=[1,2]")
     out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
     # --force removes only what an earlier run of an experiment wrote there, once the config
     # and every variant are validated (fewmask.experiments.outputs)
-    run_experiment(
-        args.name,
-        args.config,
-        args.override,
-        settings,
-        out,
-        progress=args.progress,
-        force=args.force,
-    )
-    own = [p for p in written(out) if p.parent == out]  # never a file of yours in OUT
+    with _tables_shown(out):
+        run_experiment(
+            args.name,
+            args.config,
+            args.override,
+            settings,
+            out,
+            progress=args.progress,
+            force=args.force,
+            collect=args.collect,
+            **_launcher(args),
+        )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fewmask.experiments.sweep import parse_axes, run_sweep
+
+    axes = parse_axes(args.axis)
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / Path(args.config).stem
+    with _tables_shown(out):
+        run_sweep(
+            args.config,
+            axes,
+            args.override,
+            out,
+            progress=args.progress,
+            force=args.force,
+            collect=args.collect,
+            **_launcher(args),
+        )
+    return 0
+
+
+def _launcher(args: argparse.Namespace) -> dict[str, Any]:
+    """``launcher`` and ``launcher_options`` from ``--launcher``, ``-l`` and ``--workers``."""
+    from fewmask.config import apply_overrides
+
+    options = apply_overrides({}, args.launcher_option, flag="-l", example="partition=gpu")
+    if args.workers is not None:
+        if args.launcher != "local":
+            raise ConfigError(
+                [f"--workers: only the local launcher has workers (not {args.launcher!r})"]
+            )
+        options["workers"] = args.workers
+    return {"launcher": args.launcher, "launcher_options": options}
+
+
+@contextlib.contextmanager
+def _tables_shown(out: Path) -> Iterator[None]:
+    """Print the tables written into ``out`` (also when some runs failed, before the error)."""
+    from fewmask.errors import JobsFailedError
+
+    try:
+        yield
+    except JobsFailedError:
+        _show_tables(out)
+        raise
+    _show_tables(out)
+
+
+def _show_tables(out: Path) -> None:
+    """The tables and pictures the experiment recorded as its own (never a file of yours)."""
+    from fewmask.experiments.outputs import written
+
+    own = [p for p in written(out) if p.parent == out]
     for table in sorted(p for p in own if p.suffix == ".md"):
         print(f"## {table.stem}\n\n{table.read_text()}")
     outputs = sorted(p.name for p in own if p.suffix in (".csv", ".md", ".png"))
     print(f"outputs in {out}: {', '.join(outputs)}; TensorBoard: {tensorboard_command(out)}")
-    return 0
 
 
 def _print_results(results: dict, path: Path, run: RunFolder) -> None:

@@ -1,4 +1,5 @@
-"""The ``fewmask`` command: plugins, validate, train, test, export, adapt.
+"""The ``fewmask`` command: plugins, options, validate, train, test, export, adapt, experiment,
+sweep.
 
 Exit status: 0 success, 2 bad input (configuration, usage, a missing or malformed dataset, a run
 folder in use or unusable, a run too large for the device), 1 a failure at run time (checkpoint,
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         metavar="KIND",
         help="only this kind: backbone, masker, inner (inner_optimizer), objective, sampler, "
-        "dataset",
+        "dataset, launcher",
     )
     p.add_argument(
         "--filter",
@@ -204,8 +205,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over: remove what fewmask wrote in the output folder (nothing else)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    _launch_arguments(p)
     p.set_defaults(func=commands.cmd_experiment)
+
+    p = sub.add_parser(
+        "sweep",
+        help="a grid over any config keys; a results table with mean +- std over seeds",
+    )
+    p.add_argument("config", help="the base run config (YAML, TOML or JSON)")
+    p.add_argument("-o", "--override", **override)
+    p.add_argument(
+        "-x",
+        "--axis",
+        action="append",
+        default=[],
+        metavar="KEY=[A,B]",
+        help="a config key and its values, e.g. -x backbone.options.width=[1,2] -x seed=[1,2,3] "
+        "(repeatable: the grid is every combination)",
+    )
+    p.add_argument("--out", help="output folder (default: runs/sweeps/<config file's stem>)")
+    p.add_argument("--force", action="store_true", help="start over (only what fewmask wrote)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    _launch_arguments(p)
+    p.set_defaults(func=commands.cmd_sweep)
     return parser
+
+
+def _launch_arguments(p: argparse.ArgumentParser) -> None:
+    """``--launcher``, ``-l`` and ``--workers``, ``--collect``: how the runs are run."""
+    p.add_argument(
+        "--launcher",
+        default="serial",
+        metavar="NAME",
+        help="what runs the runs: serial (default, one after another here), local (a process "
+        "pool), submitit, ray, ... (`fewmask plugins launcher`)",
+    )
+    p.add_argument(
+        "-l",
+        "--launcher-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a launcher option, e.g. -l partition=gpu (`fewmask options launcher.NAME`)",
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="runs at once (-l workers=N; local launcher)"
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: gather the runs that finished into the tables (the rest: missing)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

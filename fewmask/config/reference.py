@@ -81,7 +81,10 @@ def options_markdown(registry: Registry) -> str:
 def component_markdown(info: Any) -> str:
     """One registered component's section of :func:`options_markdown`: heading, description,
     options table (``info`` is a :class:`fewmask.registry.ComponentInfo`)."""
-    field = next(f for f, k in COMPONENT_FIELDS.items() if k == info.kind)
     options = fields_markdown(info.config_cls) if info.config_cls else "No options.\n"
-    heading = f"## `{field}: {{name: {info.name}}}` ({info.provider.distribution})"
+    field = next((f for f, k in COMPONENT_FIELDS.items() if k == info.kind), None)
+    chosen = f"{field}: {{name: {info.name}}}"
+    if field is None:  # not a config field: a launcher, chosen on the command line
+        chosen = f"--{info.kind} {info.name} [-l KEY=VALUE ...]"
+    heading = f"## `{chosen}` ({info.provider.distribution})"
     return f"{heading}\n\n{info.description}\n\n{options}"

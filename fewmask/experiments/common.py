@@ -2,9 +2,11 @@
 
 An experiment starts from one ordinary run config (the *base*: dataset, backbone, sampler, inner
 loop, schedule) and runs *variants* of it, each an ordinary fewmask run in
-``OUT/runs/<variant>/``. A variant whose ``results.json`` exists is reused, one with only a
-checkpoint is resumed, so an interrupted experiment continues where it stopped. Every variant's
-config is validated before the first one starts.
+``OUT/runs/<variant>/``. Plan, launch, collect: every variant's config is validated first,
+then the variants become jobs (:mod:`fewmask.experiments.jobs`) that the experiment's launcher
+runs (:meth:`Experiment.run_variants`), then the experiment writes its tables from the run
+folders. A variant whose ``results.json`` exists is reused, one with only a checkpoint is
+resumed, so an interrupted experiment continues where it stopped.
 """
 
 from __future__ import annotations
@@ -19,19 +21,19 @@ from typing import Any
 import attrs
 import torch
 
+from fewmask.builtins.launchers import SerialLauncher
 from fewmask.config import TrainConfig
 from fewmask.config.resolve import ResolvedConfig, plain_config
 from fewmask.errors import ConfigError
+from fewmask.experiments.jobs import Job, Probe
+from fewmask.experiments.launch import Failure, Tracker, launch_jobs
 from fewmask.experiments.outputs import discard_outputs, record
+from fewmask.interfaces import Launcher
 from fewmask.options import structure_config
 from fewmask.runtime.folder import RunFolder
-from fewmask.runtime.progress import labelled
 from fewmask.session import resolve as resolve_config
-from fewmask.training.trainer import Trainer
 
 SETTINGS_PATH = "$.experiment"
-Prepare = Callable[[Trainer], Sequence[Callable[[Trainer], None]]]
-"""What :meth:`Experiment.run_variant` may call on a built Trainer: it returns fit callbacks."""
 
 
 @attrs.frozen
@@ -114,10 +116,17 @@ class Experiment:
         out: Path,
         progress: bool = True,
         force: bool = False,
+        launcher: Launcher | None = None,
+        collect_only: bool = False,
     ):
         self.name, self.base, self.out = name, dict(base), Path(out)
         self.progress = progress
         self.force = force  # start over: remove what an earlier run of it wrote, once validated
+        self.launcher = launcher or SerialLauncher()
+        self.collect_only = collect_only  # gather what finished; start nothing
+        self.failures: list[Failure] = []  # jobs that ended without results
+        self.missing: list[str] = []  # with collect_only: the variants not finished yet
+        self.planned = 0  # jobs planned so far
         self._writer = None
 
     def record(self, *paths: Path) -> None:
@@ -151,7 +160,8 @@ class Experiment:
         return Variant(label, data, train)
 
     def validate(self, variants: Sequence[Variant]) -> None:
-        """Resolve every variant's config first, so a typo stops the experiment before any run."""
+        """Resolve every variant's config first, so a typo stops the experiment before any run;
+        a run folder that holds another config is refused too (unless ``force`` clears it)."""
         problems = []
         for variant in variants:
             try:
@@ -161,6 +171,44 @@ class Experiment:
         if problems:
             raise ConfigError(problems)
         self._start_over()
+        for variant in variants:
+            self.check_saved(variant)
+
+    def run_variants(
+        self, variants: Sequence[Variant], probes: Sequence[Probe | None] | None = None
+    ) -> list[dict[str, Any] | None]:
+        """Plan, launch, collect: every variant as a job (with its probe, by name), the
+        unfinished ones run by the experiment's launcher, then each variant's results, None
+        for one that has none (failed: in :attr:`failures`; not run with ``collect_only``:
+        in :attr:`missing`). Finished runs are reused, started ones resumed."""
+        self._start_over()
+        probes = list(probes) if probes is not None else [None] * len(variants)
+        jobs = [
+            Job(v.label, plain_config(resolve_config(v.data)), v.train, probe, self.name)
+            for v, probe in zip(variants, probes, strict=True)
+        ]
+        self.planned += len(jobs)
+        for job in jobs:
+            self.record(job.run_dir)
+            if self.launcher.isolates_failures:
+                self.record(job.log)
+        tracker = Tracker(self.name, len(jobs), self.progress)
+        todo = []
+        for job in jobs:
+            if RunFolder(job.run_dir).has_results():
+                tracker.reused(job)
+            else:
+                todo.append(job)
+        if todo and self.collect_only:
+            self.missing += [job.label for job in todo]
+        elif todo:
+            self.failures += launch_jobs(self.launcher, todo, tracker, self.out / "launcher")
+        return [
+            RunFolder(job.run_dir).read_results()
+            if RunFolder(job.run_dir).has_results()
+            else None
+            for job in jobs
+        ]
 
     def check_saved(self, variant: Variant) -> ResolvedConfig:
         """The variant's resolved config; a different one already in its folder is an error.
@@ -179,34 +227,6 @@ class Experiment:
                 ]
             )
         return resolved
-
-    def build(self, variant: Variant) -> Trainer:
-        """The variant's Trainer, resumed from its checkpoint if there is one."""
-        from fewmask.session import build_trainer
-
-        self._start_over()
-        resolved = self.check_saved(variant)
-        trainer = build_trainer(resolved)
-        self.record(variant.run.path)
-        variant.run.write_config(plain_config(resolved))
-        if variant.run.has_checkpoint():
-            trainer.resume()
-        return trainer
-
-    def run_variant(self, variant: Variant, prepare: Prepare | None = None) -> dict[str, Any]:
-        """Train (unless ``variant.train`` is false) and meta-test; reuse finished results.
-
-        ``prepare(trainer)`` is called once the variant's Trainer is built (and resumed), before
-        it trains or is meta-tested, and returns the callbacks of its ``fit``; a finished
-        variant is read back without it."""
-        self._start_over()
-        if variant.run.has_results():
-            self.check_saved(variant)
-            return variant.run.read_results()
-        with labelled(f"[{self.name}: {variant.label}]"):  # progress bars name the variant
-            trainer = self.build(variant)
-            callbacks = prepare(trainer) if prepare is not None else ()
-            return trainer.fit(callbacks=callbacks) if variant.train else trainer.test()
 
     # -------------------------------------------------------------- outputs
     @property
@@ -289,12 +309,28 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def result_row(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns every variant contributes: accuracy, its CI, sparsity, iterations."""
+MISSING = "missing"
+"""A table cell of a variant without results (failed, or not finished yet)."""
+
+
+def result_row(results: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The columns every variant contributes: accuracy, its CI, sparsity, iterations; a
+    variant without results has them empty and ``status: missing``."""
+    if results is None:
+        return {**dict.fromkeys(RESULT_COLUMNS), "status": MISSING}
     return {
         "accuracy": results["accuracy"],
         "ci95": results["ci95"],
         "sparsity": results["sparsity"],
         "iterations": results["iteration"],
         "episodes": results["episodes"],
+        "status": "finished",
     }
+
+
+RESULT_COLUMNS = ("accuracy", "ci95", "sparsity", "iterations", "episodes")
+
+
+def cell(results: Mapping[str, Any] | None) -> str:
+    """``57.12 +- 1.60`` (accuracy and its 95% CI), or ``missing``."""
+    return MISSING if results is None else percent(results["accuracy"], results["ci95"])

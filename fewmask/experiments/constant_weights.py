@@ -26,8 +26,8 @@ from typing import Any
 import attrs
 
 from fewmask.experiments.common import (
+    MISSING,
     Experiment,
-    Prepare,
     Variant,
     check_choices,
     markdown_table,
@@ -36,10 +36,10 @@ from fewmask.experiments.common import (
     register,
     result_row,
 )
-from fewmask.experiments.diagnostics import FILE, MaskDiagnostics, probe_batches, read_rows
+from fewmask.experiments.diagnostics import FILE, read_rows
+from fewmask.experiments.jobs import Probe
 from fewmask.experiments.plots import Series, bar_chart, line_chart, tile
 from fewmask.options import option
-from fewmask.training.trainer import Trainer
 
 VARIANTS = (
     "metaticket_constant",
@@ -91,17 +91,13 @@ def _patch(variant: str, settings: ConstantWeightsSettings, seed: int) -> dict[s
     }
 
 
-def _diagnose(experiment: Experiment, variant: Variant, every: int) -> Prepare | None:
-    """``prepare`` for :meth:`Experiment.run_variant`: the run's diagnostics, iteration 0 first
-    (None when they are off)."""
-
-    def prepare(trainer: Trainer) -> list[MaskDiagnostics]:
-        diagnostics = MaskDiagnostics(probe_batches(trainer), every, variant.run.path)
-        experiment.record(diagnostics.path)
-        diagnostics.start(trainer)
-        return [diagnostics]
-
-    return prepare if every else None
+def _diagnose(experiment: Experiment, variant: Variant, every: int) -> Probe | None:
+    """The run's diagnostics probe (``mask-diagnostics``, iteration 0 first); None when they
+    are off."""
+    if not every:
+        return None
+    experiment.record(variant.run.path / FILE)
+    return Probe("mask-diagnostics", {"every": every, "run_dir": str(variant.run.path)})
 
 
 @register(
@@ -117,22 +113,27 @@ def run_constant_weights(
         for v, s in grid
     ]
     experiment.validate(variants)
-    rows = []
-    for (name, seed), variant in zip(grid, variants):
-        prepare = _diagnose(experiment, variant, settings.diagnostics_every)
-        results = experiment.run_variant(variant, prepare)
-        rows.append({"variant": name, "seed": seed, **result_row(results)})
+    probes = [_diagnose(experiment, v, settings.diagnostics_every) for v in variants]
+    found = experiment.run_variants(variants, probes)
+    rows = [
+        {"variant": name, "seed": seed, **result_row(results)}
+        for (name, seed), results in zip(grid, found)
+    ]
     diagnostics = [
         {"variant": name, "seed": seed, **_parse(row)}
         for (name, seed), variant in zip(grid, variants)
         for row in read_rows(variant.run.path / FILE)
     ]
 
+    done = [r for r in rows if r["accuracy"] is not None]  # failed or unfinished: missing
     summary = {
-        v: mean_std([r["accuracy"] for r in rows if r["variant"] == v]) for v in settings.variants
+        v: mean_std([r["accuracy"] for r in done if r["variant"] == v])
+        if any(r["variant"] == v for r in done)
+        else (float("nan"), float("nan"))
+        for v in settings.variants
     }
     sparsity = {
-        v: sum(r["sparsity"] for r in rows if r["variant"] == v) / len(settings.seeds)
+        v: _mean([r["sparsity"] for r in done if r["variant"] == v] or [float("nan")])
         for v in settings.variants
     }
     final = _final(diagnostics)
@@ -151,7 +152,7 @@ def run_constant_weights(
             [
                 [
                     v,
-                    percent(*summary[v]),
+                    MISSING if summary[v][0] != summary[v][0] else percent(*summary[v]),
                     f"{100 * sparsity[v]:.1f}",
                     _per_layer(final, v, "participation_ratio"),
                     _per_layer(final, v, "hamming"),

@@ -13,6 +13,7 @@ import attrs
 
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import (
+    MISSING,
     Experiment,
     check_choices,
     markdown_table,
@@ -59,11 +60,10 @@ def run_cross_domain(experiment: Experiment, settings: CrossDomainSettings) -> l
     ]
     experiment.validate(variants)
     rows = []
-    for (method, seed), variant in zip(grid, variants):
-        results = experiment.run_variant(variant)
+    for (method, seed), results in zip(grid, experiment.run_variants(variants)):
         own = {"method": method, "seed": seed, "dataset": OWN, **result_row(results)}
         rows.append(own)
-        for label, other in results.get("cross_domain", {}).items():
+        for label, other in (results or {}).get("cross_domain", {}).items():
             rows.append({**own, "dataset": label, **other})  # its accuracy, ci95, episodes
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
@@ -71,15 +71,17 @@ def run_cross_domain(experiment: Experiment, settings: CrossDomainSettings) -> l
     for method in settings.methods:
         for dataset in datasets:
             values = [
-                r["accuracy"] for r in rows if (r["method"], r["dataset"]) == (method, dataset)
+                r["accuracy"]
+                for r in rows
+                if (r["method"], r["dataset"]) == (method, dataset) and r["accuracy"] is not None
             ]
-            summary[method, dataset] = mean_std(values)
+            summary[method, dataset] = mean_std(values) if values else (float("nan"),) * 2
     seeds = ", ".join(map(str, settings.seeds))
     markdown = (
         f"Accuracy %, mean +- std over seeds {seeds} (per-seed 95% CIs in cross_domain.csv)\n\n"
         + markdown_table(
             ["method", *datasets],
-            [[m] + [percent(*summary[m, d]) for d in datasets] for m in settings.methods],
+            [[m] + [_summary(summary[m, d]) for d in datasets] for m in settings.methods],
         )
     )
     experiment.write_table("cross_domain", rows, markdown)
@@ -98,3 +100,8 @@ def run_cross_domain(experiment: Experiment, settings: CrossDomainSettings) -> l
     )
     experiment.write_image("cross_domain", chart)
     return rows
+
+
+def _summary(value: tuple[float, float]) -> str:
+    """``mean +- std`` over the seeds with results; ``missing`` when none has any (NaN)."""
+    return MISSING if value[0] != value[0] else percent(*value)

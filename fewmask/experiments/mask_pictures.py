@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import Experiment, markdown_table, register
+from fewmask.experiments.launch import failed_error
 from fewmask.options import option
 from fewmask.training.pictures import tile_images
 from fewmask.training.pictures import unit_pictures as _unit_pictures
@@ -62,20 +63,24 @@ def _picture(images: Tensor, scale: int, nrow: int) -> Image.Image:
 
 
 def _trainer(experiment: Experiment, settings: MaskPicturesSettings) -> Trainer:
-    if settings.run_dir is None:
-        variant = experiment.variant("model", {})
-        experiment.validate([variant])
-        trainer = experiment.build(variant)
-        if trainer.iteration < trainer.train_config.iterations:
-            trainer.fit()
-        return trainer
     from fewmask.factory import build_run_trainer
     from fewmask.session import default_registry
 
+    run_dir, what = settings.run_dir, "$.experiment.run_dir"
+    if run_dir is None:  # the model is meta-trained first, by the experiment's launcher
+        variant = experiment.variant("model", {})
+        experiment.validate([variant])
+        if experiment.run_variants([variant]) == [None]:
+            raise (
+                failed_error(experiment.failures, 1)
+                if experiment.failures
+                else ConfigError(
+                    [f"{variant.run.path}: not trained yet; run without --collect to train it"]
+                )
+            )
+        run_dir, what = str(variant.run.path), "the model's run"
     # rebuilt from the config in the run's checkpoint, and resumed from it
-    return build_run_trainer(
-        settings.run_dir, what="$.experiment.run_dir", registry=default_registry()
-    )
+    return build_run_trainer(run_dir, what=what, registry=default_registry())
 
 
 @register("mask-pictures", MaskPicturesSettings, "first-layer masks as pictures of the input")

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from fewmask.experiments.common import (
+    MISSING,
     Experiment,
     check_choices,
     markdown_table,
@@ -67,12 +68,11 @@ def run_width_sweep(experiment: Experiment, settings: WidthSweepSettings) -> lis
         for point in grid
     ]
     experiment.validate(variants)
-    rows = []
-    for (method, width, ways, shots), variant in zip(grid, variants):
-        results = experiment.run_variant(variant)
-        rows.append(
-            {"method": method, "width": width, "ways": ways, "shots": shots, **result_row(results)}
-        )
+    found = experiment.run_variants(variants)
+    rows = [
+        {"method": method, "width": width, "ways": ways, "shots": shots, **result_row(results)}
+        for (method, width, ways, shots), results in zip(grid, found)
+    ]
 
     tables, panels = [], []
     widths = [f"{w:g}" for w in settings.widths]
@@ -88,11 +88,7 @@ def run_width_sweep(experiment: Experiment, settings: WidthSweepSettings) -> lis
                 + markdown_table(
                     ["method", *(f"width {w}" for w in widths)],
                     [
-                        [m]
-                        + [
-                            percent(cell[m, w]["accuracy"], cell[m, w]["ci95"])
-                            for w in settings.widths
-                        ]
+                        [m] + [_cell(cell[m, w]) for w in settings.widths]
                         for m in settings.methods
                     ],
                 )
@@ -105,8 +101,8 @@ def run_width_sweep(experiment: Experiment, settings: WidthSweepSettings) -> lis
                     [
                         Series(
                             m,
-                            tuple(100 * cell[m, w]["accuracy"] for w in settings.widths),
-                            tuple(100 * cell[m, w]["ci95"] for w in settings.widths),
+                            tuple(_percent(cell[m, w], "accuracy") for w in settings.widths),
+                            tuple(_percent(cell[m, w], "ci95") for w in settings.widths),
                         )
                         for m in settings.methods
                     ],
@@ -116,3 +112,12 @@ def run_width_sweep(experiment: Experiment, settings: WidthSweepSettings) -> lis
     experiment.write_table("width_sweep", rows, "\n".join(tables))
     experiment.write_image("width_sweep", tile(panels))
     return rows
+
+
+def _cell(row: dict[str, Any]) -> str:
+    return MISSING if row["accuracy"] is None else percent(row["accuracy"], row["ci95"])
+
+
+def _percent(row: dict[str, Any], column: str) -> float:
+    """The column in percent; NaN (a gap in the chart) for a variant without results."""
+    return float("nan") if row[column] is None else 100 * row[column]

@@ -197,3 +197,4 @@ class ScopedRegistry:
     add_objective = _adder("objective")
     add_sampler = _adder("sampler")
     add_dataset = _adder("dataset")
+    add_launcher = _adder("launcher")

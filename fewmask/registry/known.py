@@ -15,6 +15,8 @@ PROVIDERS: dict[tuple[str, str], str] = {
     ("inner_optimizer", "per_layer"): "fewmask-plugin-lrpolicies",
     ("backbone", "timm"): "fewmask-plugin-timm",
     ("backbone", "torchvision"): "fewmask-plugin-torchvision",
+    ("launcher", "submitit"): "fewmask-plugin-submitit",
+    ("launcher", "ray"): "fewmask-plugin-ray",
 }
 """``(kind, name) -> distribution`` of every component the plugins of this repository register
 (a test checks it against their registrations)."""
@@ -22,6 +24,8 @@ PROVIDERS: dict[tuple[str, str], str] = {
 OUTSIDE_PLUGINS_EXTRA: dict[str, str] = {
     "fewmask-plugin-timm": "timm",
     "fewmask-plugin-torchvision": "torchvision",
+    "fewmask-plugin-submitit": "submitit",
+    "fewmask-plugin-ray": "ray",
 }
 """Plugins that need a third-party library (named here), so ``fewmask[plugins]`` leaves them
 out and only ``fewmask[all]`` brings them."""
