@@ -59,7 +59,8 @@ def scheduled_lr(config: OuterConfig, iteration: int, total_iterations: int) -> 
 
 
 class ScheduledLR(LRScheduler):
-    """Every param group's rate at iteration ``last_epoch`` is :func:`scheduled_lr`'s.
+    """Every param group's rate at iteration ``last_epoch`` is :func:`scheduled_lr`'s, times
+    the group's ``lr_scale`` if it has one (a group with its own peak rate, same schedule).
 
     Step it once after every outer update. Its state (saved in checkpoints) is the iteration;
     the schedule itself comes from ``config``.
@@ -83,7 +84,7 @@ class ScheduledLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         lr = scheduled_lr(self.config, self.last_epoch, self.total_iterations)
-        return [lr for _ in self.optimizer.param_groups]
+        return [lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state without ``config`` (plain values only)."""
