@@ -87,6 +87,10 @@ class MetaTicketObjective(OuterLoopObjective):
         scores = [p for p in params if id(p) not in self._head]
         groups = [
             {"params": scores},
-            {"params": head, "lr": self.config.head_lr, "lr_scale": self.config.head_lr / self.config.lr},
+            {
+                "params": head,
+                "lr": self.config.head_lr,
+                "lr_scale": self.config.head_lr / self.config.lr,
+            },
         ]
         return build_outer_optimizer(self.config, groups)
