@@ -90,12 +90,20 @@ def test_structured_masks_have_the_intended_patch_and_fan_in(k):
         assert (r1 - r0, c1 - c0) == (4, 4)  # ...contiguous: its bounding box is 5x5
         corners.add((r0, c0))
     assert len(corners) > 16  # windows at many places, not one
-    for name in ("features.2.linear.weight", "features.3.linear.weight", "classifier.weight"):
+    for name in ("features.2.linear.weight", "features.3.linear.weight"):
         kept = masks[name].sum(1)
-        assert torch.all(kept == k), name  # k inputs per deeper unit, the classifier too
+        assert torch.all(kept == k), name  # k inputs per deeper unit
+    assert torch.all(masks["classifier.weight"] == 1)  # the head's mask full by default
     for name in masks:  # the positive constants of the constant-weight experiment
         weight = backbone.get_parameter(name)
         assert torch.all(weight == math.sqrt(2 / weight.shape[1]))
+
+
+def test_structured_head_fan_in_masks_the_classifier_per_class():
+    masker = create("masker", "structured", {"fan_in": 4, "head_fan_in": 2})
+    masker.attach(mlp())
+    assert torch.all(masker.masks()["classifier.weight"].sum(1) == 2)
+    assert torch.all(masker.masks()["features.3.linear.weight"].sum(1) == 4)
 
 
 def test_structured_masks_are_seeded_and_patches_keep_every_channel():

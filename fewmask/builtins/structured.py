@@ -5,8 +5,10 @@ A mask-only expressivity bound for the constant-weight experiment: no scores, no
 - The first maskable weight, when it sees the whole image (fan-in ``C * H * W`` of the
   backbone's ``input_shape``), keeps for each unit one ``patch x patch`` window of the image
   (every channel), at a position drawn uniformly among those where the window fits.
-- Every other maskable weight keeps ``fan_in`` of its inputs per unit (per output row), drawn
-  without replacement; all of them if the layer has fewer.
+- Every other maskable weight of the body keeps ``fan_in`` of its inputs per unit (per output
+  row), drawn without replacement; all of them if the layer has fewer.
+- A masked classifier keeps ``head_fan_in`` inputs per class, or all of them with 0 (the
+  default: the head is then not the bottleneck of what the masks can express).
 - ``weight_init: constant`` sets every maskable weight to ``sqrt(2 / fan_in)`` (the full fan-in,
   as the Meta-ticket masker's constant), ``keep`` leaves the backbone's weights as they are.
 
@@ -32,7 +34,10 @@ class StructuredConfig:
     """Options of the ``structured`` masker."""
 
     patch: int = option(5, ge=0, help="first layer: side of each unit's square window (0: off)")
-    fan_in: int = option(1, ge=1, help="inputs kept per unit in every other masked layer")
+    fan_in: int = option(1, ge=1, help="inputs kept per unit in every other masked body layer")
+    head_fan_in: int = option(
+        0, ge=0, help="inputs kept per class in a masked classifier (0: all of them)"
+    )
     weight_init: str = option(
         "constant",
         choices=("constant", "keep"),
@@ -80,6 +85,7 @@ class StructuredMasker(Masker):
         if self.names:
             raise RuntimeError("this StructuredMasker is already attached; make a new one")
         shape = tuple(getattr(backbone, "input_shape", None) or ())
+        groups = backbone.parameter_groups()
         for i, name in enumerate(backbone.maskable_parameter_names()):
             weight = backbone.get_parameter(name)
             if i == 0 and self.config.patch:
@@ -99,6 +105,9 @@ class StructuredMasker(Masker):
                         ]
                     )
                 mask = patch_mask(len(weight), shape, self.config.patch)
+            elif groups.get(name) == "head":
+                keep = self.config.head_fan_in or weight[0].numel()
+                mask = fan_in_mask(tuple(weight.shape), keep)
             else:
                 mask = fan_in_mask(tuple(weight.shape), self.config.fan_in)
             if self.config.weight_init == "constant":

@@ -14,7 +14,8 @@ Arms that separate the causes of the positive-constant result (optional):
 - ``structured_k1``, ``structured_k4``, ``structured_k16``: a mask-only expressivity bound.
   Hand-made fixed masks over the same positive constants (the ``structured`` masker): one
   ``patch x patch`` window of the image per first-layer unit, ``k`` inputs per unit in every
-  deeper masked layer (the classifier too, when masked); never meta-trained, only adapted.
+  deeper hidden layer, the classifier's mask full (``structured_head_fan_in``: 0) unless set;
+  never meta-trained, only adapted.
 - ``metaticket_constant_dense_head``: Meta-ticket on the constants with the classifier left
   unmasked (the masker's ``exclude_head``): dense, at the backbone's own random
   initialisation, never meta-learned (the Meta-ticket objective learns only scores).
@@ -93,6 +94,9 @@ class ConstantWeightsSettings:
     patch: int = option(
         5, ge=1, help="structured_k*: side of each first-layer unit's square window of the image"
     )
+    structured_head_fan_in: int = option(
+        0, ge=0, help="structured_k*: inputs kept per class in the classifier (0: all)"
+    )
     diagnostics_every: int = option(
         50, ge=0, help="participation ratio and mask Hamming every N iterations (0: off)"
     )
@@ -101,7 +105,11 @@ class ConstantWeightsSettings:
 def _patch(variant: str, settings: ConstantWeightsSettings, seed: int) -> dict[str, Any]:
     backbone = {"options": {"mask_head": settings.mask_head}}
     if variant in STRUCTURED:  # fixed hand-made masks: no scores, so no Meta-ticket objective
-        options = {"patch": settings.patch, "fan_in": STRUCTURED[variant]}
+        options = {
+            "patch": settings.patch,
+            "fan_in": STRUCTURED[variant],
+            "head_fan_in": settings.structured_head_fan_in,
+        }
         return {
             "seed": seed,
             "objective": {"name": "maml", "options": {}},  # never used: not meta-trained
