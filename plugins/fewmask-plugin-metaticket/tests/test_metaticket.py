@@ -275,3 +275,37 @@ def test_learn_head_meta_learns_the_head_at_its_own_rate(tiny_dataset):
 def test_learn_head_refuses_a_masked_head(tiny_dataset):
     with pytest.raises(fewmask.ConfigError, match="exclude_head"):
         head_trainer(tiny_dataset, {}, {"learn_head": True})
+
+
+def test_learn_head_resumes_to_the_uninterrupted_run(tiny_dataset, tmp_path):
+    """The head's optimizer group (its rate and momentum) survives a checkpoint."""
+
+    def build(run_dir):
+        torch.manual_seed(0)
+        backbone = create(
+            "backbone", "omniglot_mlp", {"hidden": [16, 8]}, input_shape=(1, 28, 28), num_classes=5
+        )
+        return Trainer(
+            backbone,
+            create("masker", "metaticket"),
+            create("inner_optimizer", "sgd"),
+            create("objective", "metaticket", {"warmup": 1, "learn_head": True, "head_lr": 0.1}),
+            create("sampler", "episodic", {"ways": 5, "shots": 1}),
+            {"train": tiny_dataset},
+            TrainConfig(iterations=4, test_episodes=2, checkpoint_every=2, progress=False),
+            seed=2,
+            run_dir=run_dir,
+        )
+
+    whole = build(tmp_path / "whole")
+    whole.fit()
+    cut = build(tmp_path / "cut")
+    cut.train_step()
+    cut.train_step()
+    cut.save()
+    resumed = build(tmp_path / "cut")
+    resumed.resume()
+    assert resumed.iteration == 2
+    resumed.fit()
+    for (name, a), b in zip(whole.backbone.named_parameters(), resumed.backbone.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
