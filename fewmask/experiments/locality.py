@@ -16,9 +16,10 @@ them only by its start; they are left out of everything below (*dead* pixels; th
   units that keep each pixel, the ``mask_density.png`` picture), which does not depend on how
   units are numbered.
 
-``fewmask experiment mask-locality CONFIG -x 'run_dirs=[...]'`` computes both for finished runs
-(``CONFIG`` is not used beyond validation of the command line); runs whose folder names differ
-only in ``-seedN`` form one group, and the overlap is taken between the runs of a group.
+``fewmask experiment mask-locality CONFIG -x 'run_dirs=[...]'`` computes both for finished runs;
+runs whose folder names differ only in ``-seedN`` form one group, and the overlap is taken
+between the runs of a group. Without ``run_dirs`` the base ``CONFIG`` is meta-trained first (in
+``OUT/runs/model``) and measured, as ``mask-pictures`` does.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from fewmask.errors import ConfigError
 from fewmask.experiments.common import Experiment, markdown_table, mean_std, register
+from fewmask.experiments.plots import Series, bar_chart
 from fewmask.options import option
 from fewmask.trainer import Trainer
 
@@ -142,7 +144,9 @@ def seed_overlap(a: Tensor, b: Tensor, shape: tuple[int, ...], live: Tensor) -> 
 class MaskLocalitySettings:
     """Settings of ``fewmask experiment mask-locality``."""
 
-    run_dirs: tuple[str, ...] = option((), help="finished run folders (glob patterns allowed)")
+    run_dirs: tuple[str, ...] = option(
+        (), help="finished run folders, glob patterns allowed (none: meta-train the config)"
+    )
     layer: str | None = option(None, help="masked weight to measure (default: the first one)")
     window: int = option(5, ge=1, help="side of the square neighbourhood, in pixels")
 
@@ -154,15 +158,22 @@ def group_name(run: Path) -> str:
 
 def _run_dirs(patterns: tuple[str, ...]) -> list[Path]:
     runs: list[Path] = []
+
     for i, pattern in enumerate(patterns):
         found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         found = [p for p in found if Path(p).is_dir()]
         if not found:
             raise ConfigError([f"$.experiment.run_dirs[{i}]: no run folder {pattern!r}"])
         runs += [Path(p) for p in found if Path(p) not in runs]
-    if not runs:
-        raise ConfigError(["$.experiment.run_dirs: name at least one finished run folder"])
     return runs
+
+
+def _trained_base(experiment: Experiment) -> Path:
+    """Meta-train the base config in ``OUT/runs/model`` (reused once finished); its folder."""
+    variant = experiment.variant("model", {})
+    experiment.validate([variant])
+    experiment.run_variant(variant)
+    return variant.run.path
 
 
 def _trainer(run: Path, index: int) -> Trainer:
@@ -200,7 +211,7 @@ def _first_layer(trainer: Trainer, layer: str | None, index: int) -> Tensor:
 def run_mask_locality(
     experiment: Experiment, settings: MaskLocalitySettings
 ) -> list[dict[str, Any]]:
-    runs = _run_dirs(settings.run_dirs)
+    runs = _run_dirs(settings.run_dirs) or [_trained_base(experiment)]
     measured: dict[Path, tuple[Tensor, tuple[int, ...], Tensor]] = {}
     rows = []
     for index, run in enumerate(runs):
@@ -243,7 +254,19 @@ def run_mask_locality(
     experiment.write_table("mask_locality", rows, _summary(rows, pairs, settings.window))
     if pairs:
         experiment.write_table("mask_overlap", pairs, _overlap_table(pairs))
+    experiment.write_image("mask_locality", _chart(rows, settings.window))
     return rows
+
+
+def _chart(rows: list[dict[str, Any]], window: int):
+    """Locality and its chance level per group (mean +- std over runs)."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    series = []
+    for column in ("locality", "chance"):
+        stats = [mean_std([r[column] for r in rows if r["group"] == g]) for g in groups]
+        series.append(Series(column, tuple(m for m, _ in stats), tuple(s for _, s in stats)))
+    title = f"first-layer mask locality ({window}x{window} window, dead pixels excluded)"
+    return bar_chart(title, "share of kept live weights", groups, series)
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
