@@ -34,8 +34,11 @@ class OuterConfig:
     warmup: int = option(0, ge=0, help="linear warmup iterations (cosine schedule only)")
 
 
-def build_outer_optimizer(config: OuterConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer named by ``config`` over ``params``."""
+def build_outer_optimizer(
+    config: OuterConfig, params: list[nn.Parameter] | list[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """The optimizer named by ``config`` over ``params`` (parameters, or torch parameter groups,
+    which may carry an ``lr_scale`` for :class:`ScheduledLR`)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
