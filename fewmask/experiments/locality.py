@@ -151,9 +151,11 @@ class MaskLocalitySettings:
     window: int = option(5, ge=1, help="side of the square neighbourhood, in pixels")
 
 
-def group_name(run: Path) -> str:
-    """A run folder's name without its ``-seedN`` part: runs of one group differ in seed."""
-    return re.sub(r"-seed\d+", "", run.name)
+def group_name(run: Path, with_experiment: bool = False) -> str:
+    """A run folder's name without its ``-seedN`` part: runs of one group differ in seed. With
+    ``with_experiment``, prefixed by the experiment's output folder (``OUT`` of ``OUT/runs/``)."""
+    name = re.sub(r"-seed\d+", "", run.name)
+    return f"{run.parent.parent.name}/{name}" if with_experiment else name
 
 
 def _run_dirs(patterns: tuple[str, ...]) -> list[Path]:
@@ -213,6 +215,7 @@ def run_mask_locality(
 ) -> list[dict[str, Any]]:
     runs = _run_dirs(settings.run_dirs) or [_trained_base(experiment)]
     measured: dict[Path, tuple[Tensor, tuple[int, ...], Tensor]] = {}
+    several = len({run.resolve().parent for run in runs}) > 1  # name groups by experiment too
     rows = []
     for index, run in enumerate(runs):
         trainer = _trainer(run, index)
@@ -226,7 +229,7 @@ def run_mask_locality(
         measured[run] = (mask, shape, live)
         rows.append(
             {
-                "group": group_name(run),
+                "group": group_name(run, several),
                 "run": str(run),
                 "units": len(mask),
                 "kept_live": float(_unit_pictures(mask, shape)[:, :, live].mean()),
@@ -238,7 +241,7 @@ def run_mask_locality(
         )
     pairs = []
     for group in dict.fromkeys(r["group"] for r in rows):
-        members = [run for run in runs if group_name(run) == group]
+        members = [run for run in runs if group_name(run, several) == group]
         for a, b in itertools.combinations(members, 2):
             (ma, shape, live), (mb, _, live_b) = measured[a], measured[b]
             if ma.shape != mb.shape or not torch.equal(live, live_b):
