@@ -143,3 +143,13 @@ def test_mask_locality_experiment_on_tiny_runs(tmp_path):
     assert sorted(p["group"] for p in pairs) == ["metaticket_constant_sparse50", "structured_k1"]
     args[4] = str(tmp_path / "elsewhere")
     assert main([*args, "-x", "run_dirs=[nowhere]"]) == 2  # bad input, named
+
+
+def test_groups_drop_the_seed_and_may_carry_the_experiment():
+    from pathlib import Path
+
+    from fewmask.experiments.locality import group_name
+
+    run = Path("out/cw-causes/runs/metaticket_constant_sparse50-seed12")
+    assert group_name(run) == "metaticket_constant_sparse50"
+    assert group_name(run, with_experiment=True) == "cw-causes/metaticket_constant_sparse50"
