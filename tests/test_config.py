@@ -33,7 +33,9 @@ def test_minimal_config_resolves_with_defaults():
 
 def test_an_unknown_key_with_no_close_match_lists_the_valid_ones():
     found = problems({**BASE, "masker": {"name": "metaticket", "options": {"zzz": 1}}})
-    assert found == ["$.masker.options: unknown key(s): zzz; valid: init_sparsity, weight_init"]
+    assert found == [
+        "$.masker.options: unknown key(s): zzz; valid: init_sparsity, weight_init, exclude_head"
+    ]
 
 
 def test_every_problem_is_reported_at_once_with_paths():

@@ -110,6 +110,7 @@ TINY_SETTINGS = {  # appended after a documented command's own settings: later o
     "task-gradient": ["inner_lrs=[0.4]", "smooth=1"],
     "cross-domain": ["methods=[maml,metaticket_boil]", "seeds=[1]"],
     "mask-pictures": ["units=4"],
+    "mask-locality": [],
 }
 
 
@@ -169,11 +170,12 @@ def test_documented_experiment_commands_run_at_tiny_size(
     name, config, own_o, own_x, tmp_path, capsys, debian_fashion_mnist
 ):
     """The command as documented (its own -o and -x validated too), then shrunk: tiny settings
-    come last and win. ``-x run_dir=`` names a run of the documented workflow; here the base
-    config is trained instead."""
+    come last and win. ``-x run_dir=`` and ``-x run_dirs=`` name runs of the documented
+    workflow; here the base config is trained instead."""
     overrides = [*own_o, "backbone.options.width=0.05", "train.meta_batch_size=2", *TINY]
     overrides += ["train.val_episodes=0", "train.test_episodes=5"]
-    settings = [s for s in own_x if not s.startswith("run_dir=")] + TINY_SETTINGS[name]
+    settings = [s for s in own_x if not s.startswith(("run_dir=", "run_dirs="))]
+    settings += TINY_SETTINGS[name]
     args = ["experiment", name, str(ROOT / config), "--out", str(tmp_path), "--no-progress"]
     args += [x for o in overrides for x in ("-o", o)]
     args += [x for s in settings for x in ("-x", s)]

@@ -35,8 +35,8 @@ def test_gaps_over_seeds_keep_only_settings_every_seed_holds(tmp_path, load_tool
     assert len(table) == 3  # width 2 is in one seed only
     assert table[2] == (
         "| 20 | 5 | 1 | 2 | 71.00 +- 1.41 | 52.00 +- 2.83 | 57.00 +- 1.41 | 19.00 +- 1.41 |"
-        " 5.00 +- 1.41 | +4.00 - +6.00 |"
-    )
+        " 5.00 +- 1.41 | +4.00 - +6.00 | 26 (22 - 30) |"
+    )  # gap closed: mean gain 5 / mean lead 19; per seed 6/20 and 4/18
     assert len(tool.summary_table([tool.read_seed(one)], ways=5).splitlines()) == 2
 
 

@@ -7,7 +7,8 @@
 Each argument is one seed's ``width_sweep.csv`` (``fewmask experiment width-sweep``). For every
 width and N-way that all the files hold, it prints the accuracy of each method, MAML's lead over
 Meta-ticket, and IteRand's gain over Meta-ticket, in points, as mean +- sample std over the
-seeds, with the smallest and largest gain.
+seeds, with the smallest and largest gain, and the share of MAML's lead that IteRand closes
+(mean gain / mean lead, in %; per seed in brackets, smallest - largest).
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def spread(values: list[float]) -> str:
     return f"{mean:.2f} +- {std:.2f}"
 
 
+def closed(gain: list[float], lead: list[float]) -> str:
+    """IteRand's mean gain as a share of MAML's mean lead, and the per-seed range, in %."""
+    mean_lead = sum(lead) / len(lead)
+    if mean_lead <= 0:
+        return "n/a (no lead)"
+    shares = [100 * g / d for g, d in zip(gain, lead) if d > 0]
+    share = 100 * (sum(gain) / len(gain)) / mean_lead
+    return f"{share:.0f} ({min(shares):.0f} - {max(shares):.0f})" if shares else f"{share:.0f}"
+
+
 def summary_table(seeds: list[dict], ways: int | None = None) -> str:
     """One row per (ways, shots, width) that every seed holds with all three methods."""
     settings = defaultdict(int)
@@ -49,8 +60,8 @@ def summary_table(seeds: list[dict], ways: int | None = None) -> str:
     common = sorted((n, k, w) for (w, n, k), count in settings.items() if count == len(seeds))
     lines = [
         "| ways | shots | width | seeds | MAML | Meta-ticket | Meta-ticket + IteRand "
-        "| MAML - Meta-ticket | IteRand gain | IteRand gain min - max |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| MAML - Meta-ticket | IteRand gain | IteRand gain min - max | gap closed % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, k, w in common:
         if ways is not None and n != ways:
@@ -62,6 +73,7 @@ def summary_table(seeds: list[dict], ways: int | None = None) -> str:
             f"| {n} | {k} | {w:g} | {len(seeds)} | {spread(acc['maml'])} |"
             f" {spread(acc['metaticket'])} | {spread(acc['metaticket_iterand'])} |"
             f" {spread(lead)} | {spread(gain)} | {min(gain):+.2f} - {max(gain):+.2f} |"
+            f" {closed(gain, lead)} |"
         )
     return "\n".join(lines)
 

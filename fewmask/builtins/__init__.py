@@ -9,6 +9,7 @@ from fewmask.builtins.inner import SGDInner
 from fewmask.builtins.maskers import DenseMasker
 from fewmask.builtins.objectives import MAMLObjective
 from fewmask.builtins.samplers import EpisodicSampler
+from fewmask.builtins.structured import StructuredMasker
 from fewmask.registry.hookspecs import hookimpl
 
 
@@ -31,6 +32,7 @@ def fewmask_register(registry) -> None:
     convnets.register(registry)
     disk_datasets.register(registry)
     registry.add_masker("dense", DenseMasker)
+    registry.add_masker("structured", StructuredMasker)
     registry.add_inner_optimizer("sgd", SGDInner)
     registry.add_objective("maml", MAMLObjective)
     registry.add_sampler("episodic", EpisodicSampler)

@@ -7,11 +7,18 @@ from torch import nn
 
 from fewmask.builtins.outer import OuterConfig, OuterLoopObjective
 from fewmask.interfaces import Backbone, Masker
+from fewmask.options import option
 
 
 @attrs.frozen
 class MAMLConfig(OuterConfig):
     """Options of ``maml``: AdamW 1e-3 at a constant rate, as in the paper's baselines."""
+
+    learn_head: bool = option(
+        True,
+        help="meta-learn the classifier too; false: the head keeps its random initialisation "
+        "in the outer loop (the inner loop still adapts it per task)",
+    )
 
 
 class MAMLObjective(OuterLoopObjective):
@@ -28,4 +35,8 @@ class MAMLObjective(OuterLoopObjective):
         self.config = config
 
     def meta_parameters(self, backbone: Backbone, masker: Masker) -> dict[str, nn.Parameter]:
-        return dict(backbone.named_parameters())
+        params = dict(backbone.named_parameters())
+        if self.config.learn_head:
+            return params
+        groups = backbone.parameter_groups()
+        return {name: p for name, p in params.items() if groups[name] != "head"}

@@ -34,8 +34,11 @@ class OuterConfig:
     warmup: int = option(0, ge=0, help="linear warmup iterations (cosine schedule only)")
 
 
-def build_outer_optimizer(config: OuterConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer named by ``config`` over ``params``."""
+def build_outer_optimizer(
+    config: OuterConfig, params: list[nn.Parameter] | list[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """The optimizer named by ``config`` over ``params`` (parameters, or torch parameter groups,
+    which may carry an ``lr_scale`` for :class:`ScheduledLR`)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -62,7 +65,8 @@ _PLAN = ("config", "total_iterations")
 
 
 class ScheduledLR(LRScheduler):
-    """Every param group's rate at iteration ``last_epoch`` is :func:`scheduled_lr`'s.
+    """Every param group's rate at iteration ``last_epoch`` is :func:`scheduled_lr`'s, times
+    the group's ``lr_scale`` if it has one (a group with its own peak rate, same schedule).
 
     Step it once after every outer update. Its state (saved in checkpoints) is the iteration;
     the schedule itself comes from ``config``.
@@ -86,7 +90,7 @@ class ScheduledLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         lr = scheduled_lr(self.config, self.last_epoch, self.total_iterations)
-        return [lr for _ in self.optimizer.param_groups]
+        return [lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
 
     replannable = True
     """Its rates are a function of the iteration and the plan, so a resumed run may change the

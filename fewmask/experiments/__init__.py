@@ -6,6 +6,7 @@
 ``task-gradient``       inner-loop gradient magnitude over meta-training (Figure 2)
 ``cross-domain``        all methods, several seeds, several meta-test domains (Table 1)
 ``mask-pictures``       first-layer masks drawn as input-shaped pictures (Figure 4)
+``mask-locality``       first-layer mask locality index and overlap across seeds (Figure 4)
 ======================  ==================================================================
 
 Each writes ``NAME.csv``, ``NAME.md``, PNG charts and TensorBoard events into its output folder;
@@ -27,6 +28,7 @@ from fewmask.errors import ConfigError, closest_name
 from fewmask.experiments import (  # noqa: F401  (each module registers its experiment)
     constant_weights,
     cross_domain,
+    locality,
     mask_pictures,
     task_gradient,
     width_sweep,

@@ -9,6 +9,19 @@
 - ``metaticket_signed_constant`` and its control ``random_subnetwork_signed_constant``
   (optional): the weights ``sign(N(0, 1)) sqrt(2 / fan_in)``, equal in size, random in sign.
 
+Arms that separate the causes of the positive-constant result (optional):
+
+- ``structured_k1``, ``structured_k4``, ``structured_k16``: a mask-only expressivity bound.
+  Hand-made fixed masks over the same positive constants (the ``structured`` masker): one
+  ``patch x patch`` window of the image per first-layer unit, ``k`` inputs per unit in every
+  deeper hidden layer, the classifier's mask full (``structured_head_fan_in``: 0) unless set;
+  never meta-trained, only adapted.
+- ``metaticket_constant_dense_head``: Meta-ticket on the constants with the classifier left
+  unmasked (the masker's ``exclude_head``): dense, at the backbone's own random
+  initialisation, never meta-learned (the Meta-ticket objective learns only scores).
+- ``metaticket_constant_sparse50``, ``metaticket_constant_sparse90``: Meta-ticket on the
+  constants from a sparse start (``init_sparsity`` 0.5 / 0.9) instead of the dense one.
+
 The paper reports 71.59 +- 1.51 % against about 33 % (Omniglot 5-way 5-shot, 3 inner steps).
 Both variants are still adapted per task (3 inner steps by default in the example config).
 
@@ -41,14 +54,20 @@ from fewmask.experiments.jobs import Probe
 from fewmask.experiments.plots import Series, bar_chart, line_chart, tile
 from fewmask.options import option
 
+STRUCTURED = {"structured_k1": 1, "structured_k4": 4, "structured_k16": 16}  # inputs per unit
+SPARSE_START = {"metaticket_constant_sparse50": 0.5, "metaticket_constant_sparse90": 0.9}
 VARIANTS = (
     "metaticket_constant",
     "random_subnetwork",
     "metaticket_random_weights",
     "metaticket_signed_constant",
     "random_subnetwork_signed_constant",
+    *STRUCTURED,
+    "metaticket_constant_dense_head",
+    *SPARSE_START,
 )
-CONTROLS = ("random_subnetwork", "random_subnetwork_signed_constant")  # never meta-trained
+CONTROLS = ("random_subnetwork", "random_subnetwork_signed_constant")  # random masks
+UNTRAINED = (*CONTROLS, *STRUCTURED)  # never meta-trained: only adapted per task at meta-test
 WEIGHTS = {
     "metaticket_random_weights": "kaiming_normal",
     "metaticket_signed_constant": "signed_constant",
@@ -72,22 +91,41 @@ class ConstantWeightsSettings:
         help="options of the Meta-ticket objective (the paper: AdamW 0.1, no schedule)",
     )
     mask_head: bool = option(True, help="mask the classifier weight too, as the paper does")
+    patch: int = option(
+        5, ge=1, help="structured_k*: side of each first-layer unit's square window of the image"
+    )
+    structured_head_fan_in: int = option(
+        0, ge=0, help="structured_k*: inputs kept per class in the classifier (0: all)"
+    )
     diagnostics_every: int = option(
         50, ge=0, help="participation ratio and mask Hamming every N iterations (0: off)"
     )
 
 
 def _patch(variant: str, settings: ConstantWeightsSettings, seed: int) -> dict[str, Any]:
+    backbone = {"options": {"mask_head": settings.mask_head}}
+    if variant in STRUCTURED:  # fixed hand-made masks: no scores, so no Meta-ticket objective
+        options = {
+            "patch": settings.patch,
+            "fan_in": STRUCTURED[variant],
+            "head_fan_in": settings.structured_head_fan_in,
+        }
+        return {
+            "seed": seed,
+            "objective": {"name": "maml", "options": {}},  # never used: not meta-trained
+            "masker": {"name": "structured", "options": {**options, "weight_init": "constant"}},
+            "backbone": backbone,
+        }
     weights = WEIGHTS.get(variant, "constant")
-    sparsity = settings.control_sparsity if variant in CONTROLS else 0.0
+    sparsity = settings.control_sparsity if variant in CONTROLS else SPARSE_START.get(variant, 0.0)
+    masker: dict[str, Any] = {"weight_init": weights, "init_sparsity": sparsity}
+    if variant == "metaticket_constant_dense_head":
+        masker["exclude_head"] = True
     return {
         "seed": seed,
         "objective": {"name": "metaticket", "options": dict(settings.objective)},
-        "masker": {
-            "name": "metaticket",
-            "options": {"weight_init": weights, "init_sparsity": sparsity},
-        },
-        "backbone": {"options": {"mask_head": settings.mask_head}},
+        "masker": {"name": "metaticket", "options": masker},
+        "backbone": backbone,
     }
 
 
@@ -109,7 +147,7 @@ def run_constant_weights(
     check_choices(settings.variants, VARIANTS, "variants")
     grid = [(v, s) for v in settings.variants for s in settings.seeds]
     variants = [
-        experiment.variant(f"{v}-seed{s}", _patch(v, settings, s), train=v not in CONTROLS)
+        experiment.variant(f"{v}-seed{s}", _patch(v, settings, s), train=v not in UNTRAINED)
         for v, s in grid
     ]
     experiment.validate(variants)

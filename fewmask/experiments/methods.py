@@ -24,6 +24,14 @@ METHODS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "metaticket": (METATICKET_OBJECTIVE, "sgd", False),
     "metaticket_boil": (METATICKET_OBJECTIVE, "boil", False),
     "metaticket_iterand": (METATICKET_OBJECTIVE, "sgd", True),
+    "maml_frozen_head": (MAML_OBJECTIVE, "sgd", False),
+    "metaticket_learned_head": (METATICKET_OBJECTIVE, "sgd", False),
+}
+# objective options that make a method what it is, kept over the base's (the Figure 2 2x2:
+# is the classifier meta-learned or frozen at its random initialisation?)
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "maml_frozen_head": {"learn_head": False},
+    "metaticket_learned_head": {"learn_head": True},
 }
 
 
@@ -39,6 +47,11 @@ def method_patch(
     base_objective = base.get("objective") or {}
     if base_objective.get("name") == objective["name"]:
         objective = {"name": objective["name"], "options": base_objective.get("options") or {}}
+    if method in METHOD_OPTIONS:
+        objective = {
+            "name": objective["name"],
+            "options": {**objective["options"], **METHOD_OPTIONS[method]},
+        }
     inner_options = (base.get("inner") or {}).get("options") or {}
     patch: dict[str, Any] = {
         "objective": objective,

@@ -8,7 +8,9 @@ Behaviour as in the authors' code (see docs/algorithms.md):
   initial sparsity ``p``, fixed forever (``p = 0``: the minimum, so the mask starts dense);
 - ``mask = 0 where score < threshold else 1`` (strict ``<``: the threshold entry is kept);
 - the straight-through estimator passes the mask's gradient to the score unchanged, so pruned
-  weights still get score gradients and can revive.
+  weights still get score gradients and can revive;
+- ``exclude_head``: the classifier is neither masked nor re-drawn, even on a backbone that
+  offers it as maskable (it stays dense, at the backbone's own initialisation).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class MetaTicketConfig:
         "kaiming_normal",
         choices=("kaiming_normal", "kaiming_uniform", "signed_constant", "constant"),
         help="how the fixed random weights are drawn (constant: sqrt(2/fan_in) everywhere)",
+    )
+    exclude_head: bool = option(
+        False,
+        help="leave the classifier (the backbone's head) dense and its weights as the backbone "
+        "made them, even where the backbone offers it as maskable",
     )
 
 
@@ -96,7 +103,10 @@ class MetaTicketMasker(Masker):
         if self.names:
             raise RuntimeError("this MetaTicketMasker is already attached; make a new one")
         thresholds = []
+        groups = backbone.parameter_groups()
         for name in backbone.maskable_parameter_names():
+            if self.config.exclude_head and groups.get(name) == "head":
+                continue
             weight = backbone.get_parameter(name)
             init_weight_(weight, self.config.weight_init)
             score = torch.empty_like(weight)

@@ -201,3 +201,110 @@ def test_warmup_then_cosine_schedule():
     assert lrs[4] == pytest.approx(10.0)
     assert lrs[8] == pytest.approx(5.0)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def head_trainer(tiny_dataset, masker_options, objective_options, iterations=3, mask_head=True):
+    torch.manual_seed(0)
+    backbone = create(
+        "backbone",
+        "omniglot_mlp",
+        {"hidden": [16, 8], "mask_head": mask_head},
+        input_shape=(1, 28, 28),
+        num_classes=5,
+    )
+    head = {n: p.detach().clone() for n, p in backbone.get_classifier().named_parameters()}
+    trainer = Trainer(
+        backbone,
+        create("masker", "metaticket", {"weight_init": "constant", **masker_options}),
+        create("inner_optimizer", "sgd"),
+        create("objective", "metaticket", {"warmup": 1, **objective_options}),
+        create("sampler", "episodic", {"ways": 5, "shots": 1}),
+        {"train": tiny_dataset},
+        TrainConfig(iterations=iterations, test_episodes=3, progress=False),
+    )
+    return trainer, head
+
+
+def test_exclude_head_leaves_the_classifier_dense_and_untouched(tiny_dataset):
+    trainer, head = head_trainer(tiny_dataset, {"exclude_head": True}, {})
+    classifier = trainer.backbone.get_classifier()
+    masks = trainer.masker.masks()
+    assert "classifier.weight" in trainer.backbone.maskable_parameter_names()  # offered...
+    assert "classifier.weight" not in masks  # ...but not masked: dense
+    assert set(masks) == {"features.1.linear.weight", "features.2.linear.weight"}
+    for name, p in classifier.named_parameters():  # not re-drawn as a constant by attach
+        assert torch.equal(p.detach(), head[name])
+    assert classifier.weight.std() > 0  # the backbone's random init, not the constant
+    hidden = trainer.backbone.get_parameter("features.1.linear.weight")
+    assert torch.all(hidden == hidden.flatten()[0])  # the body did get the constants
+    trainer.fit()
+    for name, p in classifier.named_parameters():  # never meta-learned either
+        assert torch.equal(p.detach(), head[name])
+
+
+def test_without_exclude_head_a_maskable_classifier_is_masked_and_redrawn(tiny_dataset):
+    trainer, head = head_trainer(tiny_dataset, {}, {})
+    assert "classifier.weight" in trainer.masker.masks()
+    weight = trainer.backbone.get_classifier().weight
+    assert not torch.equal(weight.detach(), head["weight"])
+    assert torch.all(weight == (2 / 8) ** 0.5)
+
+
+def test_learn_head_meta_learns_the_head_at_its_own_rate(tiny_dataset):
+    trainer, head = head_trainer(
+        tiny_dataset,
+        {"exclude_head": True, "weight_init": "kaiming_normal"},
+        {"learn_head": True, "head_lr": 0.05, "lr": 2.0, "schedule": "constant"},
+        mask_head=False,
+    )
+    names = set(trainer.meta_params)
+    assert {"classifier.weight", "classifier.bias"} <= names
+    assert names - {"classifier.weight", "classifier.bias"} == set(trainer.masker.meta_parameters())
+    rates = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    assert rates == pytest.approx([0.05, 2.0])
+    body = {n: p.detach().clone() for n, p in trainer.backbone.named_parameters()}
+    trainer.fit()
+    for name, p in trainer.backbone.get_classifier().named_parameters():
+        assert not torch.equal(p.detach(), head[name]), f"head {name} was not meta-learned"
+    for name, p in trainer.backbone.named_parameters():
+        if not name.startswith("classifier."):
+            assert torch.equal(p.detach(), body[name]), f"{name} must stay fixed"
+
+
+def test_learn_head_refuses_a_masked_head(tiny_dataset):
+    with pytest.raises(fewmask.ConfigError, match="exclude_head"):
+        head_trainer(tiny_dataset, {}, {"learn_head": True})
+
+
+def test_learn_head_resumes_to_the_uninterrupted_run(tiny_dataset, tmp_path):
+    """The head's optimizer group (its rate and momentum) survives a checkpoint."""
+
+    def build(run_dir):
+        torch.manual_seed(0)
+        backbone = create(
+            "backbone", "omniglot_mlp", {"hidden": [16, 8]}, input_shape=(1, 28, 28), num_classes=5
+        )
+        return Trainer(
+            backbone,
+            create("masker", "metaticket"),
+            create("inner_optimizer", "sgd"),
+            create("objective", "metaticket", {"warmup": 1, "learn_head": True, "head_lr": 0.1}),
+            create("sampler", "episodic", {"ways": 5, "shots": 1}),
+            {"train": tiny_dataset},
+            TrainConfig(iterations=4, test_episodes=2, checkpoint_every=2, progress=False),
+            seed=2,
+            run_dir=run_dir,
+        )
+
+    whole = build(tmp_path / "whole")
+    whole.fit()
+    cut = build(tmp_path / "cut")
+    cut.train_step()
+    cut.train_step()
+    cut.save()
+    resumed = build(tmp_path / "cut")
+    resumed.resume()
+    assert resumed.iteration == 2
+    resumed.fit()
+    for (name, a), b in zip(whole.backbone.named_parameters(), resumed.backbone.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
