@@ -215,11 +215,17 @@ def trainer(masker: str, objective: str, engine: str = "exact", inner: str = "sg
     )
 
 
+MLP_ONLY = {"structured"}
+"""Maskers made for one kind of network (hand-made 5x5 patches over a flat image: the
+constant-weights experiment's MLP), not for any module."""
+
+
 def masker_objective_pairs() -> list[tuple[str, str]]:
-    """Every registered masker with every objective that can learn with it."""
+    """Every registered masker (but :data:`MLP_ONLY`) with every objective that can learn
+    with it."""
     pairs = []
     for objective in fewmask.list_components("objective"):
-        for masker in fewmask.list_components("masker"):
+        for masker in sorted(set(fewmask.list_components("masker")) - MLP_ONLY):
             needs_scores = fewmask.default_registry().get("objective", objective).cls.needs_scores
             if not (needs_scores and masker == "dense"):
                 pairs.append((masker, objective))
