@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from fewmask.engine.exact import GradientSum, TaskResult, detached_metrics
-from fewmask.engine.fused import SharedLeaves, _shared_items, single_rate
+from fewmask.engine.fused import SharedLeaves, _shared_items, masked_sgd_step, single_rate
 from fewmask.engine.task_channels import pack, packed_forward, unsupported
 from fewmask.interfaces import Backbone, Episode, InnerOptimizer, MetaObjective, SGDSteps
 
@@ -103,19 +103,7 @@ def batched_meta_gradient(
         loss = torch.stack(
             [objective.support_loss(logits[t], e.support_y) for t, e in enumerate(episodes)]
         ).sum()
-        steps = torch.autograd.grad(
-            loss,
-            [fast[n] for n in adapted],
-            grad_outputs=torch.full_like(loss, -lr),
-            create_graph=plan.create_graph,
-            allow_unused=True,
-        )
-        fast = dict(fast)
-        for name, step in zip(adapted, steps):
-            if step is not None and name in m2:
-                fast[name] = torch.addcmul(fast[name], m2[name], step)
-            elif step is not None:
-                fast[name] = fast[name] + step
+        fast = masked_sgd_step(fast, adapted, loss, lr, m2, plan.create_graph)
     query_x = pack(torch.stack([e.query_x for e in episodes]))
     logits = packed_forward(backbone, fast, query_x, tasks)
     del fast

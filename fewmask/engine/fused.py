@@ -142,17 +142,32 @@ def adapt_masked(
     for _ in range(plan.steps):
         logits = functional_call(backbone, fast, (episode.support_x,))
         loss = objective.support_loss(logits, episode.support_y)
-        steps = torch.autograd.grad(
-            loss,
-            [fast[n] for n in adapted],
-            grad_outputs=torch.full_like(loss, -lr),
-            create_graph=plan.create_graph,
-            allow_unused=True,
-        )
-        fast = dict(fast)
-        for name, step in zip(adapted, steps):
-            if step is not None and name in m2:
-                fast[name] = torch.addcmul(fast[name], m2[name], step)
-            elif step is not None:
-                fast[name] = fast[name] + step
+        fast = masked_sgd_step(fast, adapted, loss, lr, m2, plan.create_graph)
+    return fast
+
+
+def masked_sgd_step(
+    fast: Params,
+    adapted: Sequence[str],
+    loss: Tensor,
+    lr: float,
+    m2: Mapping[str, Tensor],
+    create_graph: bool,
+) -> Params:
+    """One SGD step of ``loss`` on the ``adapted`` entries of ``fast``: ``E + m2 * h`` for the
+    names in ``m2``, ``p + h`` for the others, with ``h = -lr * dL/dp`` (shared by the fused and
+    the batched paths)."""
+    steps = torch.autograd.grad(
+        loss,
+        [fast[n] for n in adapted],
+        grad_outputs=torch.full_like(loss, -lr),
+        create_graph=create_graph,
+        allow_unused=True,
+    )
+    fast = dict(fast)
+    for name, step in zip(adapted, steps):
+        if step is not None and name in m2:
+            fast[name] = torch.addcmul(fast[name], m2[name], step)
+        elif step is not None:
+            fast[name] = fast[name] + step
     return fast
