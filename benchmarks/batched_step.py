@@ -1,10 +1,10 @@
 """CPU seconds per meta-iteration: the exact engine against the batched one, and learn2learn.
 
-    OMP_NUM_THREADS=1 python benchmarks/batched_step.py                 # the three tables
+    OMP_NUM_THREADS=1 python benchmarks/batched_step.py                 # both tables
     OMP_NUM_THREADS=1 python benchmarks/batched_step.py --tiny          # seconds (CI smoke)
     python benchmarks/batched_step.py --tune-malloc                     # glibc heap kept
 
-Three tables, each measured in one process, variants alternating round-robin, warm-up
+Two tables, each measured in one process, variants alternating round-robin, warm-up
 iterations excluded, one thread, CPU time of the process (``time.process_time``: the machine
 may be shared, and wall time then says more about the neighbours than about fewmask), medians:
 
@@ -12,8 +12,9 @@ may be shared, and wall time then says more about the neighbours than about fewm
    5-way 1-shot 1 query per class, meta-batch 4, one second-order inner step at lr 0.4.
    Meta-ticket and MAML, exact and batched engine; learn2learn 0.2.0's ``MAML`` (``clone()`` /
    ``adapt()`` per task, the same backbone and episodes) as the peer, when it is importable.
-2. **Meta-ticket / MAML** on the 5-MLP (3072-1024-512-256-128, 32x32x3) and on Conv4 (64
-   channels, ``--conv-side`` pixels): 5-way 5-shot 15 queries, meta-batch 4, one step at 0.5.
+2. **Meta-ticket / MAML** on the 5-MLP (3072-1024-512-256-128, 32x32x3; 5-shot and 1-shot)
+   and on Conv4 (64 channels, ``--conv-side`` pixels; 5-shot): 5-way, 15 queries per class,
+   meta-batch 4, one step at 0.5.
 
 Every number is a ratio to a reference timed in the same run. Before timing, each variant's
 meta-gradient is compared with the exact engine's (``grad diff``, relative, fp32).
@@ -28,10 +29,19 @@ import time
 import torch
 
 import fewmask
+import fewmask.engine.low_rank
 from fewmask import Engine, EngineOptions
 from fewmask.testing import random_episodes
 
-ENGINES = {"exact": None, "batched": EngineOptions.batched_path()}
+ENGINES = {
+    "exact": None,
+    "batched, dense updates": EngineOptions.batched_path(),
+    "batched": EngineOptions.batched_path(),
+}
+"""``batched`` keeps a linear layer's per-task updates low-rank where the cost model says so
+(:mod:`fewmask.engine.low_rank`); ``batched, dense updates`` forms every per-task weight (the
+batched engine before the low-rank layers), for the ratio between the two."""
+DENSE_ONLY = {"batched, dense updates"}
 
 
 def build(model, options, shape, algorithm, ways, shots, queries, lr, meta_batch):
@@ -46,13 +56,19 @@ def build(model, options, shape, algorithm, ways, shots, queries, lr, meta_batch
     return backbone, masker, inner, objective, episodes
 
 
-def engine_step(parts, options):
-    """A callable meta-step and the flat meta-gradient it gives."""
+def engine_step(parts, name):
+    """A callable meta-step of engine ``name`` and the flat meta-gradient it gives."""
     backbone, masker, inner, objective, episodes = parts
-    engine = Engine(backbone, masker, inner, objective, options)
+    engine = Engine(backbone, masker, inner, objective, ENGINES[name])
+    default_cost = fewmask.engine.low_rank.DENSE_COST
+    cost = 0 if name in DENSE_ONLY else default_cost
 
     def step():
-        return engine.meta_step(episodes)
+        fewmask.engine.low_rank.DENSE_COST = cost  # read at each step
+        try:
+            return engine.meta_step(episodes)
+        finally:
+            fewmask.engine.low_rank.DENSE_COST = default_cost
 
     grads = step().grads
     flat = torch.cat([grads[n].flatten() for n in engine.meta_params if n in grads])
@@ -107,12 +123,12 @@ def readme_job(args) -> None:
     print("|---|---|---|---|---|")
     steps, grads, labels = {}, {}, {}
     for algorithm in ("metaticket", "maml"):
-        for name, options in ENGINES.items():
+        for name in ENGINES:
             parts = build(
                 "omniglot_mlp", {"hidden": hidden}, (1, 28, 28), algorithm, 5, 1, 1, 0.4, 4
             )
             key = f"{algorithm} {name}"
-            steps[key], grads[key] = engine_step(parts, options)
+            steps[key], grads[key] = engine_step(parts, name)
             labels[key] = (algorithm, name)
     parts = build("omniglot_mlp", {"hidden": hidden}, (1, 28, 28), "maml", 5, 1, 1, 0.4, 4)
     l2l_step, l2l_grad = learn2learn_step(parts, 0.4)
@@ -136,24 +152,29 @@ def readme_job(args) -> None:
 
 def cost_ratios(args) -> None:
     side = 16 if args.tiny else args.conv_side
-    models = {
-        "mlp5": ({"hidden": [32, 16, 16, 8]} if args.tiny else {}, (3, 32, 32)),
-        "conv4": ({"channels": 8} if args.tiny else {}, (3, side, side)),
+    mlp5 = ({"hidden": [32, 16, 16, 8]} if args.tiny else {}, (3, 32, 32))
+    cases = {  # label: model, (options, shape), (ways, shots, queries, lr)
+        "5-MLP 32x32, 5-shot 15 queries": ("mlp5", mlp5, (5, 5, 15, 0.5)),
+        "5-MLP 32x32, 1-shot 15 queries": ("mlp5", mlp5, (5, 1, 15, 0.5)),
+        f"Conv4 {side}x{side}, 5-shot 15 queries": (
+            "conv4",
+            ({"channels": 8} if args.tiny else {}, (3, side, side)),
+            (5, 5, 15, 0.5),
+        ),
     }
-    print("\n## Meta-ticket / MAML, 5-way 5-shot 15 queries, meta-batch 4 (CPU s / iteration)")
-    print("| model | engine | MAML s | Meta-ticket s | Meta-ticket/MAML | exact/batched MAML |")
+    print("\n## Meta-ticket / MAML, 5-way, meta-batch 4, one step (CPU s / iteration)")
+    print("| model, episodes | engine | MAML s | Meta-ticket s | Meta-ticket/MAML | exact/this |")
     print("|---|---|---|---|---|---|")
-    for model, (options, shape) in models.items():
+    for label, (model, (options, shape), episode) in cases.items():
         steps = {}
         for algorithm in ("maml", "metaticket"):
-            for name, engine_options in ENGINES.items():
-                parts = build(model, options, shape, algorithm, 5, 5, 15, 0.5, 4)
-                steps[(algorithm, name)], _ = engine_step(parts, engine_options)
+            for name in ENGINES:
+                parts = build(model, options, shape, algorithm, *episode, 4)
+                steps[(algorithm, name)], _ = engine_step(parts, name)
         seconds = cpu_seconds(steps, args.repeats if model == "mlp5" else args.conv_repeats)
         for name in ENGINES:
             maml, ticket = seconds[("maml", name)], seconds[("metaticket", name)]
             speed = seconds[("maml", "exact")] / maml
-            label = f"{model} {shape[1]}x{shape[2]}"
             print(
                 f"| {label} | {name} | {maml:.4f} | {ticket:.4f} | {ticket / maml:.2f} | "
                 f"{speed:.2f}x |"

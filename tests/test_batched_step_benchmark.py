@@ -27,8 +27,10 @@ def test_tiny_batched_benchmark_runs_and_reports_learn2learn_absent():
     rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ")]
     readme = [[c.strip() for c in r] for r in rows if r[0].strip() in ("maml", "metaticket")]
     assert {(r[0], r[1]) for r in readme} == {
-        (a, e) for a in ("maml", "metaticket") for e in ("exact", "batched")
+        (a, e)
+        for a in ("maml", "metaticket")
+        for e in ("exact", "batched, dense updates", "batched")
     }
     assert all(float(r[4]) < 1e-3 for r in readme), readme  # fp32 grad diff against exact
-    ratios = [r for r in rows if r[0].strip().startswith(("mlp5", "conv4"))]
-    assert len(ratios) == 4
+    ratios = [r for r in rows if r[0].strip().startswith(("5-MLP", "Conv4"))]
+    assert len(ratios) == 9  # three models and episodes x three engines

@@ -13,7 +13,10 @@ import warnings
 import pytest
 import torch
 
+import fewmask
+import fewmask.engine.batched
 import fewmask.engine.batchnorm
+import fewmask.engine.low_rank
 from fewmask import Engine, EngineOptions, FewmaskWarning, TrainConfig, Trainer, create
 from fewmask.testing import (
     functional_forward,
@@ -138,6 +141,94 @@ def test_batched_iterand_equals_exact_and_loop(model):
 def test_batched_with_the_fused_batchnorm_equals_exact():
     engine, episodes = build("conv4", "metaticket", options=EngineOptions.batched_path())
     assert_batched_matches(engine, episodes)
+
+
+UPDATES = {"dense": 0, "low_rank": 10**12}
+"""``low_rank.DENSE_COST`` that makes every linear weight take the dense or the low-rank form."""
+
+
+@pytest.fixture(params=sorted(UPDATES))
+def updates(request, monkeypatch):
+    monkeypatch.setattr(fewmask.engine.low_rank, "DENSE_COST", UPDATES[request.param])
+    return request.param
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("algorithm", ["maml", "metaticket", "iterand"])
+def test_low_rank_and_dense_updates_equal_exact_and_loop(updates, algorithm, first_order):
+    assert_batched_matches(*build("omniglot_mlp", algorithm, first_order=first_order))
+
+
+@pytest.mark.parametrize("inner_name", ["anil", "boil"])
+@pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
+def test_low_rank_and_dense_updates_with_rate_policies(updates, algorithm, inner_name):
+    assert_batched_matches(*build("omniglot_mlp", algorithm, inner_name))
+
+
+@pytest.mark.parametrize("model", ["conv4", "resnet12"])
+def test_low_rank_classifier_of_conv_models(updates, model):
+    assert_batched_matches(*build(model, "metaticket"))
+
+
+class TwiceApplied(fewmask.Backbone):
+    """One square Linear used twice in a forward (its update sums both uses)."""
+
+    task_separable = True
+
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.num_features = features
+        self.flatten = torch.nn.Flatten()
+        self.shared = torch.nn.Linear(features, features)
+        self.classifier = torch.nn.Linear(features, classes)
+
+    def forward_features(self, x):
+        return torch.tanh(self.shared(torch.tanh(self.shared(self.flatten(x)))))
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.classifier(x)
+
+    def get_classifier(self):
+        return self.classifier
+
+    def reset_classifier(self, num_classes):
+        self.classifier = torch.nn.Linear(self.num_features, num_classes)
+
+    def maskable_parameter_names(self):
+        return ["shared.weight", "classifier.weight"]
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
+def test_a_weight_used_twice_sums_its_uses(updates, algorithm):
+    torch.manual_seed(4)
+    backbone = TwiceApplied(9, WAYS)
+    masker = masker_for(algorithm)
+    masker.attach(backbone)
+    backbone.double()
+    masker.double()
+    inner = create("inner_optimizer", "sgd", {"lr": LR, "steps": STEPS})
+    objective = create("objective", algorithm)
+    engine = Engine(backbone, masker, inner, objective, BATCHED)
+    g = torch.Generator().manual_seed(11)
+    episodes = random_episodes(TASKS, WAYS, 2, 3, (1, 3, 3), g, dtype=torch.float64)
+    assert_batched_matches(engine, episodes)
+
+
+def test_the_cost_model_picks_low_rank_where_it_has_fewer_operations():
+    from fewmask.engine.low_rank import low_rank_layers
+
+    backbone = create("backbone", "omniglot_mlp", {}, input_shape=(1, 28, 28), num_classes=5)
+    first = "features.1.linear.weight"
+    weights = [n for n, _ in backbone.named_parameters() if n.endswith("linear.weight")]
+    # the README job: 5-way 1-shot, 1 query per class, one step: every layer, masked or not
+    assert first in low_rank_layers(backbone, weights, 5, 5, 1)
+    assert first in low_rank_layers(backbone, [], 5, 5, 1)
+    # 5-shot 15 queries: 1,875 support x query pairs; too many for a masked 784x256 layer,
+    # still few for an unmasked one (their cost is per in + out, not in x out)
+    assert first not in low_rank_layers(backbone, weights, 25, 75, 1)
+    assert first in low_rank_layers(backbone, [], 25, 75, 1)
+    # more inner steps: more updates to carry through every later forward
+    assert first not in low_rank_layers(backbone, weights, 5, 5, 10)
 
 
 def test_one_task_and_uneven_batches():
@@ -266,10 +357,104 @@ def test_auto_batches_where_it_applies_and_is_quiet_elsewhere():
 
     sgd = create("inner_optimizer", "sgd", {"lr": LR})
     assert options_for("omniglot_mlp", {"hidden": [6, 5]}, (1, 3, 3), sgd)
-    assert not options_for("mlp5", {}, (3, 32, 32), sgd)  # 3.8M parameters: measured slower
+    assert options_for("mlp5", {}, (3, 32, 32), sgd)  # meta-step by meta-step (below)
     assert not options_for("conv4", {"channels": 3}, (2, 16, 16), sgd)  # measured slower
     wrn = {"depth": 10, "widen_factor": 1}
     assert not options_for("wrn28_10", wrn, (2, 8, 8), sgd)
     pytest.importorskip("fewmask_plugin_lrpolicies")
     rates = create("inner_optimizer", "per_layer", {"rates": {"classifier.*": 0.1}})
     assert not options_for("omniglot_mlp", {"hidden": [6, 5]}, (1, 3, 3), rates)
+
+
+def test_auto_batches_a_large_mlp_where_the_low_rank_form_covers_it():
+    from fewmask.engine.batched import batching_pays_here
+
+    backbone = create("backbone", "mlp5", {}, input_shape=(3, 32, 32), num_classes=5)
+    masked = backbone.maskable_parameter_names()
+    g = torch.Generator().manual_seed(0)
+
+    def pays(shots, queries, masked_names):
+        episode = random_episodes(1, 5, shots, queries, (3, 32, 32), g)[0]
+        return batching_pays_here(backbone, masked_names, episode, 1)
+
+    assert pays(5, 15, [])  # MAML: every layer low-rank (measured 2.0x)
+    assert pays(1, 1, masked)  # Meta-ticket, 1-shot 1 query: the masked layers too
+    assert not pays(5, 15, masked)  # Meta-ticket at 15 queries: the 3072x1024 layer dense (0.8x)
+
+
+def test_auto_takes_the_per_task_path_on_the_steps_where_batching_does_not_pay(monkeypatch):
+    monkeypatch.setattr(fewmask.engine.batched, "AUTO_MAX_PARAMETERS", 0)  # a "large" MLP
+    calls = []
+    batched_step = fewmask.engine.batched_meta_gradient
+    monkeypatch.setattr(
+        fewmask.engine,
+        "batched_meta_gradient",
+        lambda *args: calls.append(1) or batched_step(*args),
+    )
+    engine, episodes = build("omniglot_mlp", "metaticket", options=EngineOptions.auto())
+    per_task = EngineOptions(fused_batchnorm=True)  # auto's other path
+    exact = Engine(engine.backbone, engine.masker, engine.inner, engine.objective, per_task)
+    monkeypatch.setattr(fewmask.engine.low_rank, "DENSE_COST", 0)  # nothing low-rank: per task
+    got, want = engine.meta_step(episodes), exact.meta_step(episodes)
+    assert not calls
+    assert all(torch.equal(got.grads[n], want.grads[n]) for n in want.grads)
+    engine, episodes = build("omniglot_mlp", "metaticket", options=EngineOptions.auto())
+    monkeypatch.setattr(fewmask.engine.low_rank, "DENSE_COST", 10**12)  # all low-rank: batched
+    assert_batched_matches(engine, episodes)
+    assert calls
+
+
+def wrapped(kind: str):
+    """A user's own module of torch layers, wrapped (:func:`fewmask.as_backbone`)."""
+    nn = torch.nn
+    if kind == "mlp":
+        layers = [nn.Flatten(), nn.Linear(9, 7), nn.BatchNorm1d(7), nn.GELU(), nn.Linear(7, WAYS)]
+        return fewmask.as_backbone(nn.Sequential(*layers), input_shape=(1, 3, 3))
+    layers = [
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, WAYS),
+    ]
+    return fewmask.as_backbone(nn.Sequential(*layers), input_shape=(2, 8, 8))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metaticket"])
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_a_wrapped_module_of_torch_layers_is_batched_exactly(updates, kind, algorithm):
+    torch.manual_seed(5)
+    backbone = wrapped(kind)
+    masker = masker_for(algorithm)
+    masker.attach(backbone)
+    backbone.double()
+    masker.double()
+    inner = create("inner_optimizer", "sgd", {"lr": LR, "steps": STEPS})
+    engine = Engine(backbone, masker, inner, create("objective", algorithm), BATCHED)
+    g = torch.Generator().manual_seed(11)
+    shape = backbone.input_shape
+    episodes = random_episodes(TASKS, WAYS, 2, 3, shape, g, dtype=torch.float64)
+    assert_batched_matches(engine, episodes)
+
+
+def test_a_wrapped_module_with_dropout_or_its_own_layer_falls_back():
+    nn = torch.nn
+
+    class Scale(nn.Module):  # a user's layer: the engine cannot know it keeps tasks apart
+        def forward(self, x):
+            return 2 * x
+
+    for layer in (nn.Dropout(0.1), Scale()):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(9, 5), layer, nn.Linear(5, WAYS))
+        backbone = fewmask.as_backbone(model, input_shape=(1, 3, 3))
+        masker = create("masker", "dense")
+        masker.attach(backbone)
+        inner = create("inner_optimizer", "sgd", {"lr": LR})
+        with pytest.warns(FewmaskWarning, match=type(layer).__name__):
+            engine = Engine(backbone, masker, inner, create("objective", "maml"), BATCHED)
+        assert not engine.batched

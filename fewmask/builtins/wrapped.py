@@ -44,6 +44,8 @@ def _features_instead_of_logits(module: nn.Module, args: tuple, output: Tensor) 
 class DoubleBackwardHardSigmoid(nn.Module):
     """``relu6(x + 3) / 6``: the values of ``nn.Hardsigmoid``, differentiable twice."""
 
+    task_separable = True  # element-wise
+
     def forward(self, x: Tensor) -> Tensor:
         return F.relu6(x + 3.0) / 6.0
 
@@ -77,6 +79,10 @@ def _is_maskable_module(module: nn.Module) -> bool:
 
 class WrappedBackbone(Backbone):
     """A user's classifier module (``self.model``) as a backbone; built by :func:`as_backbone`."""
+
+    task_separable = True
+    """Its ``forward`` only calls the user's module; the batched engine then checks each of that
+    module's layers (a ``Sequential`` of torch layers passes, a custom class must declare it)."""
 
     def __init__(
         self,

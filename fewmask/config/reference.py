@@ -42,6 +42,7 @@ def fields_markdown(cls: type) -> str:
         rows.append(f"| `{field.name}` | `{kind}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
 
+
 def written_annotation(cls: type, name: str, default: Any) -> Any:
     """The annotation of field ``name`` as written in ``cls`` or a base class (source text under
     ``from __future__ import annotations``). attrs' ``field.type`` is replaced by the evaluated
@@ -52,6 +53,7 @@ def written_annotation(cls: type, name: str, default: Any) -> Any:
         if name in written:
             return written[name]
     return default
+
 
 def type_name(annotation: Any) -> str:
     """A field's type as written in its class (``int | None``), the same on every Python.
@@ -67,6 +69,7 @@ def type_name(annotation: Any) -> str:
         text = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(annotation))
     return text.replace("|", "\\|")
 
+
 def options_markdown(registry: Registry) -> str:
     """Every config field: the experiment, training, and each registered component's options."""
     parts = [
@@ -77,6 +80,7 @@ def options_markdown(registry: Registry) -> str:
     ]
     parts += ["\n" + component_markdown(info) for info in registry.list()]
     return "".join(parts)
+
 
 def component_markdown(info: Any) -> str:
     """One registered component's section of :func:`options_markdown`: heading, description,

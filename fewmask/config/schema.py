@@ -88,11 +88,12 @@ class TrainConfig:
         choices=("exact", "fast", "batched", "auto"),
         help="meta-gradient engine: exact = the plain per-task path; fast = fused SGD, fused "
         "BatchNorm double backward, channels_last; batched = every task of the meta-batch in "
-        "one forward and backward (plain-SGD inner loops on the built-in MLPs, Conv4 and "
-        "ResNet-12; other models take the unbatched path, said once in the log); auto = "
-        "batched where it applies and was measured faster (built-in MLPs up to 1M parameters: "
-        "the README job 1.2-1.3x), else exact. Same math, different rounding "
-        "(docs/performance.md)",
+        "one forward and backward, linear layers with low-rank per-task updates where that is "
+        "cheaper (plain-SGD inner loops on the built-in MLPs, Conv4, ResNet-12 and wrapped "
+        "modules of torch layers; other models take the unbatched path, said once in the log); "
+        "auto = batched on the meta-steps where it was measured faster (MLPs up to 1M "
+        "parameters, larger ones where the low-rank form covers them: the README job 2.1x), "
+        "else exact. Same math, different rounding (docs/performance.md)",
     )
     cuda_graph: bool = option(
         False,

@@ -28,7 +28,12 @@ import attrs
 import torch
 from torch import Tensor
 
-from fewmask.engine.batched import batch_problem, batched_meta_gradient, same_shapes
+from fewmask.engine.batched import (
+    batch_problem,
+    batched_meta_gradient,
+    batching_pays_here,
+    same_shapes,
+)
 from fewmask.engine.batchnorm import fused_batchnorm
 from fewmask.engine.exact import (
     TaskResult,
@@ -59,12 +64,17 @@ class EngineOptions:
             (:mod:`fewmask.engine.batched`), for plain-SGD inner optimizers with one rate and
             the backbones :func:`fewmask.engine.task_channels.unsupported` accepts; other models
             take the other levers' path, announced once by a :class:`FewmaskWarning`.
+        batched_where_faster: with ``batched``, batch only the meta-steps where it was
+            measured faster (:func:`fewmask.engine.batched.batching_pays_here`: small MLPs,
+            and larger ones whose linear layers take the low-rank form), the others take the
+            per-task path quietly; ``train.engine: auto``.
     """
 
     fused_sgd: bool = False
     fused_batchnorm: bool = False
     channels_last: bool = attrs.field(default=False)
     batched: bool = False
+    batched_where_faster: bool = False
 
     @channels_last.validator
     def _check(self, attribute, value: bool) -> None:
@@ -80,6 +90,12 @@ class EngineOptions:
     def batched_path(cls) -> EngineOptions:
         """All tasks at once (``train.engine: batched``), with the fused BatchNorm."""
         return cls(fused_batchnorm=True, batched=True)
+
+    @classmethod
+    def auto(cls) -> EngineOptions:
+        """``train.engine: auto`` on a model the batched path applies to: batched on the
+        meta-steps where it pays, the per-task path on the others."""
+        return cls(fused_batchnorm=True, batched=True, batched_where_faster=True)
 
 
 @attrs.frozen
@@ -135,6 +151,7 @@ class Engine:
         self._metric_names: list[str] | None = None  # under torchrun: fixed by the first step
         self.batched = self.options.batched and self._batchable()
         self._ragged_announced = False
+        self._pays: dict[tuple, bool] = {}  # batching_pays_here by episode shape
 
     def meta_step(self, episodes: Sequence[Episode]) -> StepResult:
         """Mean query loss, metrics and meta-gradients over ``episodes``; no ``.grad`` touched.
@@ -197,7 +214,12 @@ class Engine:
         if self.batched:
             plan = self.inner.plain_sgd(training=True)
             rate = single_rate(plan)
-            if plan is not None and rate is not None and self._stackable(episodes):
+            if (
+                plan is not None
+                and rate is not None
+                and self._stackable(episodes)
+                and self._batching_pays(episodes[0], plan.steps)
+            ):
                 with fused_batchnorm() if options.fused_batchnorm else nullcontext():
                     return batched_meta_gradient(
                         self.backbone,
@@ -231,6 +253,15 @@ class Engine:
                 self.meta_params,
                 episodes,
             )
+
+    def _batching_pays(self, episode: Episode, steps: int) -> bool:
+        if not self.options.batched_where_faster:
+            return True
+        key = (tuple(episode.support_x.shape), tuple(episode.query_x.shape), steps)
+        if key not in self._pays:
+            masked = list(self.masker.masks())
+            self._pays[key] = batching_pays_here(self.backbone, masked, episode, steps)
+        return self._pays[key]
 
     def _stackable(self, episodes: Sequence[Episode]) -> bool:
         if same_shapes(episodes):

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from fewmask.engine.exact import GradientSum, TaskResult, detached_metrics
 from fewmask.engine.fused import SharedLeaves, _shared_items, masked_sgd_step, single_rate
+from fewmask.engine.low_rank import LowRankLinears, low_rank_layers
 from fewmask.engine.task_channels import pack, packed_forward, unsupported
 from fewmask.interfaces import Backbone, Episode, InnerOptimizer, MetaObjective, SGDSteps
 
@@ -45,11 +46,14 @@ def batch_problem(backbone: Backbone, plan: SGDSteps | None, lr: float | None) -
 
 
 AUTO_MAX_PARAMETERS = 1_000_000
-"""``train.engine: auto`` batches only the built-in MLP, and only up to this many parameters.
-Measured on one CPU thread (``benchmarks/batched_step.py``, docs/performance.md): the glyph MLP
-(0.25M parameters, 5-way 1-shot) 1.23-1.31x faster batched; the 5-MLP (3.8M, 5-shot 15-query)
-0.72x and Conv4 (32x32) 0.79x, slower: their per-task weight-sized and activation tensors,
-all alive at once, cost more memory traffic than the per-operation overhead batching saves."""
+"""``train.engine: auto`` batches a built-in MLP of at most this many parameters at every
+meta-step. Measured on one CPU thread (``benchmarks/batched_step.py``, docs/performance.md): the
+glyph MLP (0.25M parameters) 1.1-1.2x faster batched even where its layers stay dense."""
+
+AUTO_LOW_RANK_SHARE = 0.9
+"""A larger MLP is batched on the meta-steps where the low-rank form covers at least this share
+of its linear weights' entries (:func:`~fewmask.engine.low_rank.low_rank_layers`): the 5-MLP's
+MAML 2.0-2.3x faster; where its big masked layer stays dense (Meta-ticket at 15 queries), 0.8x."""
 
 
 def batches(backbone: Backbone, inner: InnerOptimizer) -> bool:
@@ -60,12 +64,29 @@ def batches(backbone: Backbone, inner: InnerOptimizer) -> bool:
 
 
 def batching_pays(backbone: Backbone, inner: InnerOptimizer) -> bool:
-    """``train.engine: auto``'s choice: batched where it applies and was measured faster on the
-    CPU: a network without convolutions (an MLP) of at most :data:`AUTO_MAX_PARAMETERS`
-    parameters."""
-    small = sum(p.numel() for p in backbone.parameters()) <= AUTO_MAX_PARAMETERS
+    """Whether ``train.engine: auto`` may batch: the batched path applies and the network has no
+    convolutions (an MLP; on Conv4 grouped convolutions were measured slower on the CPU). Which
+    meta-steps it batches, :func:`batching_pays_here` decides."""
     dense = not any(isinstance(m, torch.nn.Conv2d) for m in backbone.modules())
-    return small and dense and batches(backbone, inner)
+    return dense and batches(backbone, inner)
+
+
+def batching_pays_here(
+    backbone: Backbone, masked: Sequence[str], episode: Episode, steps: int
+) -> bool:
+    """``train.engine: auto``'s choice for one meta-step of such episodes: batched for an MLP
+    of at most :data:`AUTO_MAX_PARAMETERS` parameters, or where the low-rank form covers at
+    least :data:`AUTO_LOW_RANK_SHARE` of the linear weights."""
+    if sum(p.numel() for p in backbone.parameters()) <= AUTO_MAX_PARAMETERS:
+        return True
+    linears = {
+        (f"{name}.weight" if name else "weight"): module.weight.numel()
+        for name, module in backbone.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    low = low_rank_layers(backbone, masked, len(episode.support_x), len(episode.query_x), steps)
+    covered = sum(linears[n] for n in low)
+    return covered >= AUTO_LOW_RANK_SHARE * sum(linears.values())
 
 
 def same_shapes(episodes: Sequence[Episode]) -> bool:
@@ -96,17 +117,30 @@ def batched_meta_gradient(
     effective = dict(zip(masked, shared.leaves[: len(masked)]))
     m2 = dict(zip(masked, shared.leaves[len(masked) :]))
     adapted = [n for n in params if plan.rates.get(n, 0.0) != 0.0]
-    fast = {n: p.expand(tasks, *p.shape) for n, p in {**params, **effective}.items()}
+    first = episodes[0]
+    shared_names = low_rank_layers(
+        backbone, masked, len(first.support_x), len(first.query_x), plan.steps
+    )
+    fast = {
+        n: p if n in shared_names else p.expand(tasks, *p.shape)
+        for n, p in {**params, **effective}.items()
+    }
+    low_rank = LowRankLinears(fast, shared_names, adapted, m2, tasks)
+    dense = [n for n in adapted if n not in shared_names]
     support_x = pack(torch.stack([e.support_x for e in episodes]))
     for _ in range(plan.steps):
-        logits = packed_forward(backbone, fast, support_x, tasks)
+        logits = packed_forward(backbone, fast, support_x, tasks, low_rank)
         loss = torch.stack(
             [objective.support_loss(logits[t], e.support_y) for t, e in enumerate(episodes)]
         ).sum()
-        fast = masked_sgd_step(fast, adapted, loss, lr, m2, plan.create_graph)
+        fast, steps = masked_sgd_step(
+            fast, dense, loss, lr, m2, plan.create_graph, low_rank.outputs()
+        )
+        low_rank.record_step(steps, plan.create_graph)
     query_x = pack(torch.stack([e.query_x for e in episodes]))
-    logits = packed_forward(backbone, fast, query_x, tasks)
-    del fast
+    logits = packed_forward(backbone, fast, query_x, tasks, low_rank)
+    low_rank.forget()
+    del fast, low_rank
     losses = [objective.query_loss(logits[t], e.query_y) for t, e in enumerate(episodes)]
     results = [
         (loss.detach(), detached_metrics(objective, logits[t], e.query_y))

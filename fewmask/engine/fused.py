@@ -142,7 +142,7 @@ def adapt_masked(
     for _ in range(plan.steps):
         logits = functional_call(backbone, fast, (episode.support_x,))
         loss = objective.support_loss(logits, episode.support_y)
-        fast = masked_sgd_step(fast, adapted, loss, lr, m2, plan.create_graph)
+        fast, _ = masked_sgd_step(fast, adapted, loss, lr, m2, plan.create_graph)
     return fast
 
 
@@ -153,13 +153,15 @@ def masked_sgd_step(
     lr: float,
     m2: Mapping[str, Tensor],
     create_graph: bool,
-) -> Params:
+    outputs: Sequence[Tensor] = (),
+) -> tuple[Params, list[Tensor | None]]:
     """One SGD step of ``loss`` on the ``adapted`` entries of ``fast``: ``E + m2 * h`` for the
     names in ``m2``, ``p + h`` for the others, with ``h = -lr * dL/dp`` (shared by the fused and
-    the batched paths)."""
+    the batched paths). Also returns ``-lr * dL/dy`` for each of ``outputs`` (intermediate
+    tensors: the batched path's low-rank layers make their updates from them)."""
     steps = torch.autograd.grad(
         loss,
-        [fast[n] for n in adapted],
+        [fast[n] for n in adapted] + list(outputs),
         grad_outputs=torch.full_like(loss, -lr),
         create_graph=create_graph,
         allow_unused=True,
@@ -170,4 +172,4 @@ def masked_sgd_step(
             fast[name] = torch.addcmul(fast[name], m2[name], step)
         elif step is not None:
             fast[name] = fast[name] + step
-    return fast
+    return fast, list(steps[len(adapted) :])

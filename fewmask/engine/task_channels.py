@@ -26,10 +26,33 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
+from fewmask.engine.low_rank import LowRankLinears
 from fewmask.interfaces import Params
 
 PLAIN = (nn.Sequential, nn.Identity)
 """Containers whose ``forward`` only calls their children."""
+
+CHANNELWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Softplus,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+"""Torch layers that act on each channel alone (element-wise activations, pooling): in a user's
+own module (:func:`fewmask.as_backbone`) they keep tasks apart. Dropout is not among them: its
+random draws would differ from the per-task path's."""
 
 
 def declares_separable(kind: type) -> bool:
@@ -42,13 +65,14 @@ def unsupported(backbone: nn.Module) -> str | None:
     """Why ``backbone`` cannot run packed (the first offending module), or None if it can.
 
     A module is accepted if its class declares itself task-separable (the built-in MLP, Conv4,
-    ResNet-12 and their blocks do), or is one of the plain torch layers below; a subclass that
-    does not declare it again is not (it may override ``forward`` with anything).
+    ResNet-12, their blocks and a wrapped user module do), or is one of the plain torch layers
+    below or in :data:`CHANNELWISE`; a subclass that does not declare it again is not (it may
+    override ``forward`` with anything).
     """
     for name, module in backbone.named_modules():
         kind = type(module)
         where = f"module {name or '(root)'} ({kind.__name__})"
-        if kind in PLAIN or declares_separable(kind):
+        if kind in PLAIN or kind in CHANNELWISE or declares_separable(kind):
             if getattr(getattr(module, "config", None), "checkpoint_blocks", False):
                 return f"{where} recomputes blocks (checkpoint_blocks)"
         elif kind is nn.Linear:
@@ -79,16 +103,28 @@ def unpack_logits(logits: Tensor, tasks: int) -> Tensor:
     return logits.view(n, tasks, -1).transpose(0, 1)
 
 
-def packed_forward(backbone: nn.Module, params: Params, x: Tensor, tasks: int) -> Tensor:
+def packed_forward(
+    backbone: nn.Module,
+    params: Params,
+    x: Tensor,
+    tasks: int,
+    low_rank: LowRankLinears | None = None,
+) -> Tensor:
     """Logits ``(T, N, K)`` of ``backbone`` run with per-task ``params`` (leading dim ``T``) on
-    packed inputs ``x`` (:func:`pack`)."""
-    with TaskBatch():
+    packed inputs ``x`` (:func:`pack`); the linear weights ``low_rank`` knows enter shared, with
+    their per-task low-rank updates (:mod:`fewmask.engine.low_rank`)."""
+    with TaskBatch(low_rank):
         logits = functional_call(backbone, params, (x,))
     return unpack_logits(logits, tasks)
 
 
 class TaskBatch(TorchFunctionMode):
-    """Layers with a per-task weight (one more leading dimension than usual) run packed."""
+    """Layers with a per-task weight (one more leading dimension than usual) run packed, and
+    so do the shared linear weights of ``low_rank``."""
+
+    def __init__(self, low_rank: LowRankLinears | None = None):
+        super().__init__()
+        self.low_rank = low_rank
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -96,6 +132,10 @@ class TaskBatch(TorchFunctionMode):
             call = _bind_linear(*args, **kwargs)
             if call["weight"].dim() == 3:
                 return _linear(**call)
+            if self.low_rank is not None:
+                out = self.low_rank.linear(**call)
+                if out is not None:
+                    return out
         elif func is F.conv2d:
             call = _bind_conv(*args, **kwargs)
             if call["weight"].dim() == 5:

@@ -204,9 +204,7 @@ class Experiment:
         elif todo:
             self.failures += launch_jobs(self.launcher, todo, tracker, self.out / "launcher")
         return [
-            RunFolder(job.run_dir).read_results()
-            if RunFolder(job.run_dir).has_results()
-            else None
+            RunFolder(job.run_dir).read_results() if RunFolder(job.run_dir).has_results() else None
             for job in jobs
         ]
 

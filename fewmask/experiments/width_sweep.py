@@ -87,10 +87,7 @@ def run_width_sweep(experiment: Experiment, settings: WidthSweepSettings) -> lis
                 f"**{ways}-way {shots}-shot** (accuracy %, 95% CI over test episodes)\n\n"
                 + markdown_table(
                     ["method", *(f"width {w}" for w in widths)],
-                    [
-                        [m] + [_cell(cell[m, w]) for w in settings.widths]
-                        for m in settings.methods
-                    ],
+                    [[m] + [_cell(cell[m, w]) for w in settings.widths] for m in settings.methods],
                 )
             )
             panels.append(

@@ -71,11 +71,12 @@ ENGINE_OPTIONS = {
 
 
 def engine_options(name: str, backbone: Backbone, inner: InnerOptimizer) -> EngineOptions:
-    """The options ``train.engine: name`` selects; ``auto`` is ``batched`` where the batched
-    path applies and was measured faster (:func:`~fewmask.engine.batched.batching_pays`), else
-    ``exact``; it has no fallback to announce."""
+    """The options ``train.engine: name`` selects; ``auto`` batches the meta-steps where the
+    batched path applies and was measured faster (:func:`~fewmask.engine.batched.batching_pays`,
+    :meth:`EngineOptions.auto`), the others take the exact path; it has no fallback to
+    announce."""
     if name == "auto":
-        return EngineOptions.batched_path() if batching_pays(backbone, inner) else EngineOptions()
+        return EngineOptions.auto() if batching_pays(backbone, inner) else EngineOptions()
     return ENGINE_OPTIONS[name]()
 
 
@@ -269,8 +270,7 @@ class Trainer:
         else:
             what = f"meta-training loss is {loss}"
         raise NonFiniteError(
-            f"{what} at iteration {it}; {self.owner.checkpoint_note()}; "
-            f"{self.owner.stop_advice()}"
+            f"{what} at iteration {it}; {self.owner.checkpoint_note()}; {self.owner.stop_advice()}"
         )
 
     def _log_train(self, it: int, stats: Mapping[str, float]) -> None:
