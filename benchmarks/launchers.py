@@ -8,6 +8,11 @@ their own output folders, serial first, then local; the script prints each wall 
 serial / local, and whether every run's results.json and checkpoint are identical between the
 two (they should be: fixed seeds on one thread are deterministic). Nothing here is a pass/fail
 timing; run it on an otherwise idle machine (it prints the load average before and after).
+
+The machine's own ceiling comes last, measured the same way: one `fewmask train` of the widest
+variant alone, then ``workers`` copies of it at once, as plain processes with no launcher. Their
+throughput ratio is what any launcher could reach here: runs that share a core's caches and the
+memory bus slow each other down even when each has its own core.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "metaticket_glyphs.yaml"
 
 
-def sweep(out: Path, args: argparse.Namespace, launcher: list[str]) -> float:
-    """Seconds of wall time of one `fewmask sweep` into ``out``."""
-    overrides = [
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The `-o` overrides of every run (the sweep's and the ceiling's copies)."""
+    return [
         f"train.iterations={args.iterations}",
         "train.val_episodes=0",
         f"train.test_episodes={args.test_episodes}",
@@ -34,6 +39,11 @@ def sweep(out: Path, args: argparse.Namespace, launcher: list[str]) -> float:
         "train.threads=1",
         "train.progress=false",
     ]
+
+
+def sweep(out: Path, args: argparse.Namespace, launcher: list[str]) -> float:
+    """Seconds of wall time of one `fewmask sweep` into ``out``."""
+    overrides = run_overrides(args)
     command = [sys.executable, "-m", "fewmask.cli", "sweep", str(CONFIG), "--out", str(out)]
     command += [x for o in overrides for x in ("-o", o)]
     command += ["-x", f"backbone.options.width=[{','.join(map(str, args.widths))}]"]
@@ -41,6 +51,25 @@ def sweep(out: Path, args: argparse.Namespace, launcher: list[str]) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def concurrent(out: Path, args: argparse.Namespace, copies: int) -> float:
+    """Seconds of wall time of ``copies`` identical `fewmask train` runs started at once."""
+    width = max(args.widths)
+    command = [sys.executable, "-m", "fewmask.cli", "train", str(CONFIG)]
+    for o in [*run_overrides(args), f"backbone.options.width={width}"]:
+        command += ["-o", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    runs = [
+        subprocess.Popen(
+            [*command, "--run-dir", str(out / f"copy{i}")], env=env, stdout=subprocess.DEVNULL
+        )
+        for i in range(copies)
+    ]
+    if any(run.wait() != 0 for run in runs):
+        raise SystemExit("a `fewmask train` copy failed")
     return time.perf_counter() - start
 
 
@@ -67,10 +96,18 @@ def main() -> None:
             same = f"identical ({len(names)} runs: results.json and checkpoints)"
         except AssertionError as exc:
             same = f"DIFFERENT: {exc}"
+        alone = concurrent(Path(scratch) / "alone", args, 1)
+        together = concurrent(Path(scratch) / "together", args, args.workers)
     print(f"serial: {serial:.1f} s")
     print(f"local --workers {args.workers}: {local:.1f} s")
     print(f"ratio serial / local: {serial / local:.2f}x")
     print(f"results: {same}")
+    ceiling = args.workers * alone / together
+    print(
+        f"this machine's ceiling: one run alone {alone:.1f} s, {args.workers} copies at once "
+        f"{together:.1f} s, throughput {ceiling:.2f}x; the launcher reached "
+        f"{serial / local / ceiling:.0%} of it"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

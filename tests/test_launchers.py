@@ -201,3 +201,17 @@ def test_a_worker_that_dies_fails_its_job_and_the_others_still_run(tmp_path):
     assert outcomes[0] == 1 and outcomes[2] == 2
     assert isinstance(outcomes[1], Exception) and "terminated abruptly" in str(outcomes[1])
     assert told == ["running", "done"] * 3
+
+
+@pytest.mark.slow
+def test_the_launcher_benchmark_runs_and_reports_identical_runs_and_the_ceiling():
+    """``benchmarks/launchers.py`` at a tiny size: it prints both wall times, their ratio, that
+    the two grids' runs are identical, and the machine's ceiling (timings are not checked)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "launchers.py"
+    command = [sys.executable, str(script), "--widths", "0.5", "--seeds", "1", "2"]
+    command += ["--iterations", "2", "--test-episodes", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    assert "results: identical (2 runs" in out, out
+    for line in ("serial: ", "local --workers 2: ", "ratio serial / local: ", "ceiling: "):
+        assert line in out, out
