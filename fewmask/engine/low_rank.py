@@ -88,7 +88,7 @@ class LowRankLinears:
             return None
         out_features, in_features = weight.shape
         n = input.shape[0]
-        x = input.view(n, self.tasks, in_features)
+        x = input.reshape(n, self.tasks, in_features)
         y = torch.matmul(x, weight.t())  # (N, T, out): the shared product, all tasks' rows
         if bias is not None:
             y = y + bias  # (T, out) per-task biases
@@ -119,7 +119,7 @@ class LowRankLinears:
             for x, z in uses:
                 g = next(grads)
                 if g is not None:
-                    ds.append(g.view(z.shape[0], self.tasks, -1))
+                    ds.append(g.reshape(z.shape[0], self.tasks, -1))
                     inputs.append(x if create_graph else x.detach())
             if ds:
                 self.updates[name].append((torch.cat(ds), torch.cat(inputs)))
