@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fewmask.engine.exact import GradientSum, TaskResult, detached_metrics
 from fewmask.engine.fused import SharedLeaves, _shared_items, masked_sgd_step, single_rate
-from fewmask.engine.low_rank import LowRankLinears, low_rank_layers
+from fewmask.engine.low_rank import LowRankLinears, linear_weights, low_rank_layers
 from fewmask.engine.task_channels import pack, packed_forward, unsupported
 from fewmask.interfaces import Backbone, Episode, InnerOptimizer, MetaObjective, SGDSteps
 
@@ -79,11 +79,7 @@ def batching_pays_here(
     least :data:`AUTO_LOW_RANK_SHARE` of the linear weights."""
     if sum(p.numel() for p in backbone.parameters()) <= AUTO_MAX_PARAMETERS:
         return True
-    linears = {
-        (f"{name}.weight" if name else "weight"): module.weight.numel()
-        for name, module in backbone.named_modules()
-        if isinstance(module, torch.nn.Linear)
-    }
+    linears = {name: module.weight.numel() for name, module in linear_weights(backbone).items()}
     low = low_rank_layers(backbone, masked, len(episode.support_x), len(episode.query_x), steps)
     covered = sum(linears[n] for n in low)
     return covered >= AUTO_LOW_RANK_SHARE * sum(linears.values())

@@ -48,15 +48,21 @@ def low_rank_layers(
     """
     pairs = support * support * steps * (steps - 1) // 2 + query * support * steps
     chosen = []
-    for name, module in backbone.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        weight = f"{name}.weight" if name else "weight"
+    for weight, module in linear_weights(backbone).items():
         size = module.in_features * module.out_features
         work = 3 * pairs * (size if weight in masked else module.in_features + module.out_features)
         if work <= DENSE_COST * size:
             chosen.append(weight)
     return chosen
+
+
+def linear_weights(backbone: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` of ``backbone`` by the parameter name of its weight."""
+    return {
+        (f"{name}.weight" if name else "weight"): module
+        for name, module in backbone.named_modules()
+        if isinstance(module, nn.Linear)
+    }
 
 
 class LowRankLinears:
