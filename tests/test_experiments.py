@@ -568,3 +568,70 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_values(
     assert [r["head_dispersion"] for r in table] == [""] * 4
     assert "| n/a | n/a | n/a |" in (out / "task_gradient.md").read_text()
     assert (out / "task_gradient.png").is_file()
+
+
+# the arms that separate the causes of issue 27 (their pieces: test_separated_causes.py)
+NO_TEST_DATASETS = ("test_datasets=[]",)
+ARMS = (
+    "variants=[structured_k1,structured_k16,metaticket_constant_dense_head,"
+    "metaticket_constant_sparse50,metaticket_constant_sparse90]"
+)
+
+
+def test_constant_weight_arms_run_and_report(base_config, tmp_path):
+    out = tmp_path / "arms"
+    status = run("constant-weights", base_config, out, ARMS, "patch=3", overrides=NO_TEST_DATASETS)
+    assert status == 0
+    rows = {r["variant"]: r for r in read_csv(out / "constant_weights.csv")}
+    assert set(rows) == {
+        "structured_k1",
+        "structured_k16",
+        "metaticket_constant_dense_head",
+        "metaticket_constant_sparse50",
+        "metaticket_constant_sparse90",
+    }
+    assert rows["structured_k1"]["iterations"] == "0"  # never meta-trained
+    assert rows["metaticket_constant_sparse50"]["iterations"] == "2"
+    diagnostics = read_csv(out / "constant_weights_diagnostics.csv")
+    start = {
+        (r["variant"], r["layer"]): float(r["sparsity"])
+        for r in diagnostics
+        if r["iteration"] == "0"
+    }
+    # the sparse starts prune their fraction of every masked layer at iteration 0
+    assert start["metaticket_constant_sparse90", "features.1.linear.weight"] == pytest.approx(
+        0.9, abs=0.01
+    )
+    assert start["metaticket_constant_sparse50", "classifier.weight"] == pytest.approx(0.5, abs=0.1)
+    assert ("metaticket_constant_dense_head", "classifier.weight") not in start
+    # structured, 8 hidden units of 784 inputs, 3x3 windows; k=1 in the 6-unit layer
+    assert start["structured_k1", "features.1.linear.weight"] == pytest.approx(1 - 9 / 784)
+    assert start["structured_k1", "features.2.linear.weight"] == pytest.approx(1 - 1 / 8)
+    assert start["structured_k16", "features.2.linear.weight"] == 0.0  # 8 inputs: all kept
+    summary = (out / "constant_weights.md").read_text()
+    assert "metaticket_constant_dense_head" in summary
+
+
+def test_task_gradient_runs_the_missing_figure2_cells(base_config, tmp_path):
+    out = tmp_path / "tg"
+    methods = "methods=[maml_frozen_head,metaticket_learned_head]"
+    assert (
+        run(
+            "task-gradient",
+            base_config,
+            out,
+            methods,
+            "inner_lrs=[0.4]",
+            overrides=NO_TEST_DATASETS,
+        )
+        == 0
+    )
+    rows = read_csv(out / "task_gradient.csv")
+    by_method = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(float(r["head_dispersion"]))
+    assert set(by_method) == {"maml_frozen_head", "metaticket_learned_head"}
+    frozen = by_method["maml_frozen_head"]
+    assert frozen == [frozen[0]] * len(frozen)  # the frozen head's rows never move
+    learned = by_method["metaticket_learned_head"]
+    assert len(set(learned)) > 1  # the learned head's do

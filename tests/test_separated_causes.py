@@ -1,58 +1,18 @@
 """The pieces that separate the causes (issue 27): the ``structured`` masker, MAML with a frozen
-head, per-group outer rates, and the new arms of the constant-weights and task-gradient
-experiments at a tiny size."""
+head, per-group outer rates (the experiments' arms that use them run in test_experiments.py)."""
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
-import yaml
 
 from fewmask import ConfigError, TrainConfig, Trainer, create
 from fewmask.builtins.outer import OuterConfig, ScheduledLR, build_outer_optimizer
 from fewmask.builtins.structured import fan_in_mask, patch_mask
-from fewmask.cli import main
 from fewmask.experiments.methods import method_patch
 from fewmask.testing import make_dataset
-
-BASE = {
-    "seed": 1,
-    "run_dir": "unused",
-    "dataset": {"name": "glyphs"},
-    "sampler": {"name": "episodic", "options": {"ways": 3, "shots": 1}},
-    "backbone": {"name": "omniglot_mlp", "options": {"hidden": [8, 6]}},
-    "objective": {"name": "metaticket", "options": {"warmup": 1}},
-    "inner": {"name": "sgd", "options": {"lr": 0.4, "steps": 1, "test_steps": 2}},
-    "train": {
-        "iterations": 2,
-        "meta_batch_size": 2,
-        "val_episodes": 0,
-        "test_episodes": 4,
-        "progress": False,
-    },
-}
-
-
-@pytest.fixture
-def base_config(tmp_path):
-    path = tmp_path / "base.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    return path
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def run(name, config, out, *settings):
-    args = ["experiment", name, str(config), "--out", str(out), "--no-progress"]
-    for item in settings:
-        args += ["-x", item]
-    return main(args)
 
 
 def mlp(hidden=(32, 24, 20), mask_head=True, shape=(1, 28, 28), classes=5):
@@ -176,57 +136,3 @@ def test_figure2_methods_set_the_head_option_over_the_base_objective():
     assert frozen["objective"]["name"] == "maml"
     assert frozen["objective"]["options"]["learn_head"] is False
     assert "learn_head" not in method_patch("maml", base)["objective"]["options"]
-
-
-ARMS = (
-    "variants=[structured_k1,structured_k16,metaticket_constant_dense_head,"
-    "metaticket_constant_sparse50,metaticket_constant_sparse90]"
-)
-
-
-def test_constant_weight_arms_run_and_report(base_config, tmp_path):
-    out = tmp_path / "arms"
-    assert run("constant-weights", base_config, out, ARMS, "patch=3") == 0
-    rows = {r["variant"]: r for r in read_csv(out / "constant_weights.csv")}
-    assert set(rows) == {
-        "structured_k1",
-        "structured_k16",
-        "metaticket_constant_dense_head",
-        "metaticket_constant_sparse50",
-        "metaticket_constant_sparse90",
-    }
-    assert rows["structured_k1"]["iterations"] == "0"  # never meta-trained
-    assert rows["metaticket_constant_sparse50"]["iterations"] == "2"
-    diagnostics = read_csv(out / "constant_weights_diagnostics.csv")
-    start = {
-        (r["variant"], r["layer"]): float(r["sparsity"])
-        for r in diagnostics
-        if r["iteration"] == "0"
-    }
-    # the sparse starts prune their fraction of every masked layer at iteration 0
-    assert start["metaticket_constant_sparse90", "features.1.linear.weight"] == pytest.approx(
-        0.9, abs=0.01
-    )
-    assert start["metaticket_constant_sparse50", "classifier.weight"] == pytest.approx(0.5, abs=0.1)
-    assert ("metaticket_constant_dense_head", "classifier.weight") not in start
-    # structured, 8 hidden units of 784 inputs, 3x3 windows; k=1 in the 6-unit layer
-    assert start["structured_k1", "features.1.linear.weight"] == pytest.approx(1 - 9 / 784)
-    assert start["structured_k1", "features.2.linear.weight"] == pytest.approx(1 - 1 / 8)
-    assert start["structured_k16", "features.2.linear.weight"] == 0.0  # 8 inputs: all kept
-    summary = (out / "constant_weights.md").read_text()
-    assert "metaticket_constant_dense_head" in summary
-
-
-def test_task_gradient_runs_the_missing_figure2_cells(base_config, tmp_path):
-    out = tmp_path / "tg"
-    methods = "methods=[maml_frozen_head,metaticket_learned_head]"
-    assert run("task-gradient", base_config, out, methods, "inner_lrs=[0.4]") == 0
-    rows = read_csv(out / "task_gradient.csv")
-    by_method = {}
-    for r in rows:
-        by_method.setdefault(r["method"], []).append(float(r["head_dispersion"]))
-    assert set(by_method) == {"maml_frozen_head", "metaticket_learned_head"}
-    frozen = by_method["maml_frozen_head"]
-    assert frozen == [frozen[0]] * len(frozen)  # the frozen head's rows never move
-    learned = by_method["metaticket_learned_head"]
-    assert len(set(learned)) > 1  # the learned head's do
