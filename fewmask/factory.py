@@ -197,17 +197,21 @@ def build_run_trainer(
     changes (and a re-planned schedule) are recorded in the run folder's ``resumes.jsonl``.
     Without it (to meta-test), overrides may not change the model
     (:data:`fewmask.config.overrides.TEST_FIXED`)."""
-    run = run_dir if isinstance(run_dir, Run) else Run(RunFolder(run_dir), _NO_PROCESS)
-    state, stored = run.read_checkpoint(what)
+    given = run_dir if isinstance(run_dir, Run) else None
+    if given is not None:
+        state, stored = given.read_checkpoint(what)
+        folder = given.folder
+    else:
+        folder = RunFolder(run_dir)
+        state = folder.load_checkpoint(what)
+        stored = folder.stored_config(state)
     overrides = list(overrides)
-    folder = run.folder
     try:
         resolved, changes = resolve_changed(
             stored, overrides, str(folder.path), registry, resume=resume, what=what
         )
-        if run.process is _NO_PROCESS:  # set up now that the config names the device
-            train = resolved.experiment.train
-            run = Run.prepare(folder, train.device, train.tune_malloc)
+        train = resolved.experiment.train  # the process is set up once the config names the device
+        run = given if given is not None else Run.prepare(folder, train.device, train.tune_malloc)
         trainer = build_trainer(resolved, registry=registry, run=run)
         _restore(trainer, state, overrides, what)
     except ConfigError as exc:
@@ -219,9 +223,6 @@ def build_run_trainer(
         news = {path: new for path, (_, new) in changes.items()}
         run.record_resume(trainer.iteration, news, trainer.replanned)
     return trainer
-
-
-_NO_PROCESS = Process(torch.device("cpu"))  # a placeholder until the config names the device
 
 
 def _restore(trainer: Trainer, state: Mapping[str, Any], overrides: list[str], what: str) -> None:
