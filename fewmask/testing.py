@@ -10,7 +10,8 @@
   any of the :data:`ENGINE_PATHS`.
 
 :func:`adapt` (the inner loop) and :func:`masked_forward` are the exact engine's own pieces,
-for tests that build on them.
+for tests that build on them. :func:`assert_same_runs` compares two output folders run for run;
+:func:`assert_launcher_matches_serial` is the test a launcher plugin passes.
 
 The pytest fixtures live in :mod:`fewmask.pytest_plugin`
 (``pytest_plugins = ["fewmask.pytest_plugin"]``).
@@ -18,6 +19,8 @@ The pytest fixtures live in :mod:`fewmask.pytest_plugin`
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -270,3 +273,42 @@ def assert_same_runs(a: str | Path, b: str | Path) -> list[str]:
             name,
         )
     return names
+
+
+TINY_SWEEP = """\
+seed: 1
+run_dir: unused
+dataset: {name: glyphs}
+sampler: {name: episodic, options: {ways: 5, shots: 1}}
+backbone: {name: omniglot_mlp, options: {hidden: [8]}}
+objective: {name: metaticket}
+inner: {name: sgd, options: {lr: 0.4, steps: 1, test_steps: 3}}
+train: {iterations: 2, meta_batch_size: 4, val_episodes: 0, test_episodes: 4, threads: 1}
+"""
+"""The base config of :func:`assert_launcher_matches_serial`'s sweep: seconds on a CPU."""
+
+
+def assert_launcher_matches_serial(
+    tmp_path: str | Path, *launcher_args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a two-seed sweep of :data:`TINY_SWEEP` with ``fewmask sweep`` twice, in
+    subprocesses: serially into ``tmp_path/serial`` and with ``launcher_args`` (e.g.
+    ``"--launcher", "ray", "-l", "local_cpus=2"``) into ``tmp_path/launched``. Asserts both
+    exit 0, the launcher reports both runs finished, and the runs are the same
+    (:func:`assert_same_runs`); returns the launched command's ``CompletedProcess``."""
+    tmp_path = Path(tmp_path)
+    config = tmp_path / "tiny_sweep.yaml"
+    config.write_text(TINY_SWEEP)
+
+    def sweep(out: str, *extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "fewmask.cli", "sweep", str(config)]
+        command += ["--out", str(tmp_path / out), "-x", "seed=[1,2]", *extra]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(command)}\n{done.stderr}"
+        return done
+
+    sweep("serial")
+    launched = sweep("launched", *launcher_args)
+    assert "(2 finished, 0 failed, 0 running, 0 queued of 2)" in launched.stderr, launched.stderr
+    assert assert_same_runs(tmp_path / "serial", tmp_path / "launched") == ["seed=1", "seed=2"]
+    return launched

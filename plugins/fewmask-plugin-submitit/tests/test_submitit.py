@@ -3,52 +3,19 @@ parameters checked before any job starts, requeued tasks run the same job again.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from fewmask_plugin_submitit import SubmititLauncher, _Work
 
 import fewmask
-from fewmask.testing import assert_same_runs
-
-EXAMPLE = Path(__file__).parents[3] / "examples" / "metaticket_glyphs.yaml"
-TINY = [
-    "train.iterations=2",
-    "train.val_episodes=0",
-    "train.test_episodes=4",
-    "train.threads=1",
-    "backbone.options={hidden: [8]}",
-]
-
-
-def fewmask_cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "fewmask.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True)
-
-
-def sweep(out: Path, *extra: str) -> list[str]:
-    overrides = [x for item in TINY for x in ("-o", item)]
-    return ["sweep", str(EXAMPLE), *overrides, "--out", str(out), "-x", "seed=[1,2]", *extra]
+from fewmask.testing import assert_launcher_matches_serial
 
 
 def test_the_local_executor_gives_the_runs_of_serial(tmp_path):
-    serial = fewmask_cli(*sweep(tmp_path / "serial"))
-    assert serial.returncode == 0, serial.stderr
-    launched = fewmask_cli(
-        *sweep(tmp_path / "submitit"),
-        "--launcher",
-        "submitit",
-        "-l",
-        "cluster=local",
-        "-l",
-        "poll_s=0.2",
-    )
-    assert launched.returncode == 0, launched.stderr
-    assert assert_same_runs(tmp_path / "serial", tmp_path / "submitit") == ["seed=1", "seed=2"]
-    assert "(2 finished, 0 failed, 0 running, 0 queued of 2)" in launched.stderr
-    assert list((tmp_path / "submitit" / "launcher" / "submitit").glob("*_log.out"))
+    launcher = ["--launcher", "submitit", "-l", "cluster=local", "-l", "poll_s=0.2"]
+    assert_launcher_matches_serial(tmp_path, *launcher)
+    assert list((tmp_path / "launched" / "launcher" / "submitit").glob("*_log.out"))
 
 
 @pytest.mark.parametrize(
