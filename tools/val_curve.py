@@ -69,7 +69,8 @@ def main() -> None:
         else:
             spans = window_means(points, args.windows)
         text = "  ".join(f"{a}-{b}: {100 * m:.1f}" for a, b, m in spans)
-        print(f"{run.name}: {text or f'no {args.tag} logged (train.val_episodes: 0?)'}")
+        hint = " (train.val_episodes: 0?)" if args.tag == "val/accuracy" else ""
+        print(f"{run.name}: {text or f'no {args.tag} logged{hint}'}")
 
 
 if __name__ == "__main__":
